@@ -1,0 +1,6 @@
+"""paymetrics: payment events in, trustworthy payment metrics out."""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+__version__ = "0.1.0"

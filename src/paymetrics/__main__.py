@@ -1,0 +1,3 @@
+from paymetrics.cli import main
+
+main()

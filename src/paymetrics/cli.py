@@ -1,0 +1,516 @@
+"""The `paymetrics` command line: run, simulate, query, bench, demo, db.
+
+Fatal errors print one line naming the cause and exit non-zero; database URLs
+are shown with the password hidden.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from paymetrics import __version__
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="paymetrics",
+    help="Payment events in, trustworthy payment metrics out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+query_app = typer.Typer(help="Read stored metrics and dead letters.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema: upgrade and inspect.", no_args_is_help=True)
+app.add_typer(query_app, name="query")
+app.add_typer(db_app, name="db")
+
+console = Console(stderr=True)
+out = Console(soft_wrap=True)
+
+DEFAULT_DATA_DIR = Path("paymetrics-data")
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="SQLAlchemy database URL. Default: $PAYMETRICS_DB_URL, else "
+        "sqlite:///paymetrics-data/paymetrics.db",
+        show_default=False,
+    ),
+]
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class Fatal(Exception):
+    """An error that ends the command with one line and exit code 2."""
+
+
+def db_url(option: str | None) -> str:
+    from paymetrics.storage import DEFAULT_DB_URL
+
+    return option or os.environ.get("PAYMETRICS_DB_URL") or DEFAULT_DB_URL
+
+
+def parse_instant(text: str | None, name: str) -> dt.datetime | None:
+    """ISO 8601 with an offset (or a bare date, taken as UTC midnight) → aware UTC."""
+    if text is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not an ISO 8601 date-time", param_hint=name
+        ) from None
+    if value.tzinfo is None:
+        if len(text) == 10:
+            return value.replace(tzinfo=dt.UTC)
+        raise typer.BadParameter(f"{text!r} has no UTC offset; add Z or ±hh:mm", param_hint=name)
+    return value.astimezone(dt.UTC)
+
+
+@contextmanager
+def fatal_errors() -> Iterator[None]:
+    """Turn expected failures into one clear line on stderr and exit code 2."""
+    import sqlalchemy as sa
+
+    try:
+        yield
+    except (Fatal, ValueError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    except sa.exc.OperationalError as error:
+        cause = str(error.orig).splitlines()[0] if error.orig else str(error).splitlines()[0]
+        console.print(f"[red]error:[/red] database: {cause}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM: finish the batch in flight, then stop."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+
+
+# -- run -------------------------------------------------------------------------
+
+
+def execute_run(
+    source_spec: str,
+    db: str,
+    archive_url: str | None,
+    batch_max_events: int,
+    max_lateness_seconds: float,
+    expected_total: int | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Run the pipeline; returns the summary. Shared by `run`, `demo` and `bench`."""
+    from paymetrics.archive import ParquetArchive
+    from paymetrics.pipeline import BatchReport, Pipeline, PipelineOptions
+    from paymetrics.sources import open_source
+    from paymetrics.storage import open_store
+
+    options = PipelineOptions(
+        batch_max_events=batch_max_events, max_lateness_seconds=max_lateness_seconds
+    )
+    source = open_source(source_spec)
+    store = open_store(db)
+    archive = ParquetArchive(archive_url) if archive_url else None
+    stop = _StopFlag()
+    stop.install()
+    try:
+        store.prepare()
+        progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("events"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not show_progress,
+        )
+        with progress, source:
+            task = progress.add_task("processing", total=expected_total)
+
+            def advance(report: BatchReport) -> None:
+                progress.advance(task, report.counts.messages)
+
+            pipeline = Pipeline(store, archive, options)
+            stats = pipeline.run(source, on_batch=advance, should_stop=stop)
+    finally:
+        store.close()
+    return {
+        "source": source.source_id,
+        "database": store.url_for_display,
+        "archive": archive_url,
+        "events_in": stats.messages,
+        "normalized": stats.normalized,
+        "duplicates": stats.duplicates,
+        "dead_lettered": stats.dead_lettered,
+        "batches": stats.batches,
+        "metric_rows_touched": stats.metric_rows_touched,
+        "approval_rate": stats.approval_rate,
+        "elapsed_seconds": stats.elapsed_seconds,
+        "events_per_second": stats.events_per_second,
+        "stage_seconds": stats.stage_seconds,
+        "stopped_by": stop.signal,
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title="paymetrics run", show_header=False, title_justify="left")
+    rate = summary["approval_rate"]
+    rows = [
+        ("events in", f"{summary['events_in']:,}"),
+        ("normalized (new events stored)", f"{summary['normalized']:,}"),
+        ("duplicates", f"{summary['duplicates']:,}"),
+        ("dead-lettered", f"{summary['dead_lettered']:,}"),
+        ("metric windows written", f"{summary['metric_rows_touched']:,} row updates"),
+        ("overall approval rate", "n/a" if rate is None else f"{rate:.2%}"),
+        ("time taken", f"{summary['elapsed_seconds']:.2f} s"),
+        ("throughput", f"{summary['events_per_second']:,.0f} events/s"),
+        ("database", summary["database"]),
+        ("raw archive", summary["archive"] or "(disabled)"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+    if summary["stopped_by"]:
+        console.print(
+            f"stopped by {summary['stopped_by']} after the batch in flight; "
+            "run the same command again to continue"
+        )
+
+
+@app.command()
+def run(
+    source: Annotated[
+        str, typer.Option("--source", "-s", help="file:PATH or simulator:?events=N&seed=S")
+    ],
+    db: DbOption = None,
+    archive: Annotated[str, typer.Option(help="fsspec URL of the raw Parquet archive")] = str(
+        DEFAULT_DATA_DIR / "raw"
+    ),
+    no_archive: Annotated[
+        bool, typer.Option("--no-archive", help="do not write the raw archive")
+    ] = False,
+    batch_max_events: Annotated[int, typer.Option(min=1, help="messages per batch")] = 50_000,
+    max_lateness_seconds: Annotated[
+        float, typer.Option(min=0, help="older than the newest seen by more than this: too_late")
+    ] = 7 * 86_400,
+    summary_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Process a source to its end: store events, dead letters, metrics, checkpoint."""
+    with fatal_errors():
+        summary = execute_run(
+            source,
+            db_url(db),
+            None if no_archive else archive,
+            batch_max_events,
+            max_lateness_seconds,
+            show_progress=not quiet and not summary_json,
+        )
+    if summary_json:
+        out.print_json(json.dumps(summary))
+    else:
+        print_summary(summary)
+
+
+# -- simulate --------------------------------------------------------------------
+
+
+@app.command()
+def simulate(
+    events: Annotated[int, typer.Option(min=0, help="how many messages to write")] = 1000,
+    seed: Annotated[int, typer.Option(help="same seed, same bytes")] = 0,
+    start: Annotated[
+        str | None, typer.Option(help="RFC 3339 start, e.g. 2026-01-01T00:00:00Z")
+    ] = None,
+    rate_invalid: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    rate_duplicate: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    rate_late: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    rate_pan_leak: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
+    scenario: Annotated[
+        str, typer.Option(help="baseline, decline_spike or latency_degradation")
+    ] = "baseline",
+    output: Annotated[str, typer.Option("--output", "-o", help="file path, or - for stdout")] = "-",
+) -> None:
+    """Write simulated payment events as JSON Lines (deterministic per seed)."""
+    from paymetrics.simulator import SimulatorConfig, write_jsonl
+
+    with fatal_errors():
+        config = SimulatorConfig(
+            events=events,
+            seed=seed,
+            rate_invalid=rate_invalid,
+            rate_duplicate=rate_duplicate,
+            rate_late=rate_late,
+            rate_pan_leak=rate_pan_leak,
+            scenario=scenario,
+            **({"start": parse_instant(start, "--start")} if start else {}),
+        )
+        if output == "-":
+            write_jsonl(config, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            path = Path(output)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as handle:
+                count = write_jsonl(config, handle)
+            console.print(f"wrote {count:,} events to {path}")
+
+
+# -- query -----------------------------------------------------------------------
+
+
+def _emit(rows: Sequence[dict[str, Any]], fmt: Format, title: str) -> None:
+    def plain(value: Any) -> Any:
+        return value.isoformat() if isinstance(value, dt.datetime) else value
+
+    if fmt is Format.json:
+        out.print_json(json.dumps([{k: plain(v) for k, v in row.items()} for row in rows]))
+        return
+    if fmt is Format.csv:
+        buffer = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows({k: plain(v) for k, v in row.items()} for row in rows)
+        sys.stdout.write(buffer.getvalue())
+        return
+    table = Table(title=title, title_justify="left")
+    if not rows:
+        out.print(f"{title}: no rows")
+        return
+    for name in rows[0]:
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(plain(v)) for v in row.values()))
+    out.print(table)
+
+
+def _query(statement: Any, db: str | None) -> list[dict[str, Any]]:
+    from paymetrics.storage import open_store
+    from paymetrics.storage.sql import SqlStore
+
+    store = open_store(db_url(db))
+    assert isinstance(store, SqlStore)
+    try:
+        store.prepare()
+        with store.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(statement).mappings()]
+    finally:
+        store.close()
+
+
+@query_app.command("metrics")
+def query_metrics(
+    merchant: Annotated[str | None, typer.Option(help="merchant_id")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="window_start >= this")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="window_start < this")] = None,
+    payment_method: Annotated[
+        str | None, typer.Option(help="card, wallet, bank_transfer, bnpl")
+    ] = None,
+    currency: Annotated[str | None, typer.Option(help="ISO 4217 code")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 1000,
+    fmt: Annotated[Format, typer.Option("--format")] = Format.table,
+    db: DbOption = None,
+) -> None:
+    """payment_metrics_5m rows, oldest window first."""
+    import sqlalchemy as sa
+
+    from paymetrics.storage.tables import payment_metrics_5m as t
+
+    with fatal_errors():
+        stmt = sa.select(t)
+        if merchant is not None:
+            stmt = stmt.where(t.c.merchant_id == merchant)
+        if payment_method is not None:
+            stmt = stmt.where(t.c.payment_method == payment_method)
+        if currency is not None:
+            stmt = stmt.where(t.c.currency == currency.upper())
+        if (lo := parse_instant(start, "--from")) is not None:
+            stmt = stmt.where(t.c.window_start >= lo)
+        if (hi := parse_instant(end, "--to")) is not None:
+            stmt = stmt.where(t.c.window_start < hi)
+        stmt = stmt.order_by(t.c.window_start, t.c.merchant_id, t.c.payment_method, t.c.currency)
+        _emit(_query(stmt.limit(limit), db), fmt, "payment_metrics_5m")
+
+
+@query_app.command("dlq")
+def query_dlq(
+    reason: Annotated[str | None, typer.Option(help="reason code, e.g. invalid_type")] = None,
+    source: Annotated[str | None, typer.Option(help="source id")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="first_seen_at >= this")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="first_seen_at < this")] = None,
+    summary: Annotated[bool, typer.Option("--summary", help="counts per reason")] = False,
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+    fmt: Annotated[Format, typer.Option("--format")] = Format.table,
+    db: DbOption = None,
+) -> None:
+    """Dead letters (failed_items): reason, message, position, masked payload."""
+    import sqlalchemy as sa
+
+    from paymetrics.storage.tables import failed_items as t
+
+    with fatal_errors():
+        filters = []
+        if reason is not None:
+            filters.append(t.c.reason == reason)
+        if source is not None:
+            filters.append(t.c.source_id == source)
+        if (lo := parse_instant(start, "--from")) is not None:
+            filters.append(t.c.first_seen_at >= lo)
+        if (hi := parse_instant(end, "--to")) is not None:
+            filters.append(t.c.first_seen_at < hi)
+        if summary:
+            stmt = (
+                sa.select(t.c.reason, sa.func.count().label("count"))
+                .where(*filters)
+                .group_by(t.c.reason)
+                .order_by(sa.desc("count"))
+            )
+        else:
+            stmt = (
+                sa.select(
+                    t.c.source_id,
+                    t.c.partition,
+                    t.c.position,
+                    t.c.reason,
+                    t.c.message,
+                    t.c.event_id,
+                    t.c.payload,
+                    t.c.first_seen_at,
+                )
+                .where(*filters)
+                .order_by(t.c.source_id, t.c.partition, t.c.position)
+                .limit(limit)
+            )
+        _emit(_query(stmt, db), fmt, "failed_items")
+
+
+# -- db --------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = None) -> None:
+    """Create or upgrade the schema to the newest revision."""
+    from paymetrics.storage import open_store
+    from paymetrics.storage.migrate import head_revision
+
+    with fatal_errors():
+        store = open_store(db_url(db))
+        try:
+            store.prepare()
+        finally:
+            store.close()
+        console.print(f"{store.url_for_display}: at revision {head_revision()}")
+
+
+@db_app.command("current")
+def db_current(db: DbOption = None) -> None:
+    """Print the schema revision of the database."""
+    from paymetrics.storage import open_store
+    from paymetrics.storage.migrate import current_revision
+    from paymetrics.storage.sql import SqlStore
+
+    with fatal_errors():
+        store = open_store(db_url(db))
+        assert isinstance(store, SqlStore)
+        try:
+            out.print(current_revision(store.engine) or "(empty database)")
+        finally:
+            store.close()
+
+
+# -- demo and bench --------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(min=1, help="how many events to simulate")] = 1_000_000,
+    data_dir: Annotated[Path, typer.Option(help="where the demo writes")] = DEFAULT_DATA_DIR,
+    seed: Annotated[int, typer.Option()] = 42,
+) -> None:
+    """Simulate events with realistic defects, run the pipeline, print a summary."""
+    from paymetrics.demo import run_demo
+
+    with fatal_errors():
+        run_demo(events=events, data_dir=data_dir, seed=seed)
+
+
+@app.command()
+def bench(
+    events: Annotated[int, typer.Option(min=1, help="events in the generated file")] = 1_000_000,
+    work_dir: Annotated[Path, typer.Option(help="where generated input and outputs go")] = Path(
+        "bench-data"
+    ),
+    batch_max_events: Annotated[int, typer.Option(min=1)] = 50_000,
+    cores: Annotated[int, typer.Option(min=1, help="CPU cores the run may use")] = 1,
+    fmt: Annotated[Format, typer.Option("--format")] = Format.table,
+) -> None:
+    """Measure end-to-end and per-stage throughput and peak RSS on a generated file."""
+    from paymetrics.bench import run_bench
+
+    with fatal_errors():
+        result = run_bench(
+            events=events, work_dir=work_dir, batch_max_events=batch_max_events, cores=cores
+        )
+    if fmt is Format.json:
+        out.print_json(json.dumps(result))
+    else:
+        from paymetrics.bench import print_bench
+
+        print_bench(result, out)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="print the version")] = False,
+) -> None:
+    if version:
+        out.print(__version__)
+        raise typer.Exit()
+
+
+def main() -> None:
+    app()

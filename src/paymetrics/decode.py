@@ -1,0 +1,124 @@
+"""Decode raw messages into `PaymentEvent`s; every failure becomes a reject.
+
+msgspec enforces the contract's types, enums, lengths and ranges in C, one
+message at a time (no JSON decoder offers per-row errors on a whole batch).
+Its error text names the JSON path; `_classify` turns it into a reason code and
+a message that names the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from paymetrics.events import MAX_EVENT_BYTES, PaymentEvent, Reason
+
+__all__ = ["Decoded", "Rejects", "decode"]
+
+
+@dataclass(slots=True)
+class Rejects:
+    """Dead letters found in one batch, keyed by the message's index in the batch."""
+
+    index: list[int] = field(default_factory=list)
+    reason: list[Reason] = field(default_factory=list)
+    message: list[str] = field(default_factory=list)
+    event_id: list[str | None] = field(default_factory=list)
+
+    def add(self, index: int, reason: Reason, message: str, event_id: str | None = None) -> None:
+        self.index.append(index)
+        self.reason.append(reason)
+        self.message.append(message)
+        self.event_id.append(event_id)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+@dataclass(slots=True)
+class Decoded:
+    """The messages that decoded, with their index in the batch."""
+
+    events: list[PaymentEvent]
+    index: npt.NDArray[np.int64]
+
+
+_DECODER = msgspec.json.Decoder(PaymentEvent)
+_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`")
+
+
+def _classify(error: msgspec.ValidationError) -> tuple[Reason, str]:
+    text = str(error)
+    missing = _MISSING.match(text)
+    if missing:
+        name = missing.group("field")
+        return Reason.MISSING_FIELD, f"{name}: required field is missing"
+    match = _PATH.search(text)
+    path = match.group("path") if match else ""
+    detail = text[: match.start()] if match else text
+    name = path.split(".", 1)[0].split("[", 1)[0]
+    if not path:
+        return Reason.NOT_AN_OBJECT, f"message: {detail} (an event is a JSON object)"
+    if detail.endswith("got `null`"):
+        return Reason.MISSING_FIELD, f"{path}: required field is null"
+    if name == "occurred_at":
+        if "timezone" in detail:
+            return Reason.MISSING_TIMEZONE, f"occurred_at: {detail} (add Z or ±hh:mm)"
+        if "RFC3339" in detail:
+            return Reason.INVALID_TIMESTAMP, f"occurred_at: {detail}"
+    if name == "schema_version" and "enum" in detail:
+        return Reason.UNSUPPORTED_SCHEMA_VERSION, f"schema_version: {detail}; only '1' is supported"
+    if detail.startswith("Expected `") and ", got `" in detail:
+        return Reason.INVALID_TYPE, f"{path}: {detail}"
+    return Reason.INVALID_VALUE, f"{path}: {detail}"
+
+
+def _event_id_of(message: bytes) -> str | None:
+    """Best-effort event_id of a message that failed, for the dead-letter row."""
+    try:
+        obj = msgspec.json.decode(message)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    if isinstance(obj, dict):
+        value = obj.get("event_id")
+        if isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return None
+
+
+def _utf8_problem(message: bytes) -> str:
+    try:
+        message.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return f"not valid UTF-8 at byte {error.start}"
+    return "not valid UTF-8"  # pragma: no cover - msgspec and Python agree on UTF-8
+
+
+def decode(messages: list[bytes], rejects: Rejects) -> Decoded:
+    """Decode each (already masked) message; failures go to `rejects`."""
+    events: list[PaymentEvent] = []
+    index: list[int] = []
+    decode_one = _DECODER.decode
+    for i, message in enumerate(messages):
+        if len(message) > MAX_EVENT_BYTES:
+            rejects.add(i, Reason.TOO_LARGE, f"message: {len(message)} bytes, over the 1 MiB limit")
+            continue
+        try:
+            events.append(decode_one(message))
+        except msgspec.ValidationError as error:
+            reason, text = _classify(error)
+            rejects.add(i, reason, text, _event_id_of(message))
+            continue
+        except msgspec.DecodeError as error:
+            rejects.add(i, Reason.INVALID_JSON, f"message: not valid JSON ({error})")
+            continue
+        except UnicodeDecodeError:
+            rejects.add(i, Reason.INVALID_ENCODING, f"message: {_utf8_problem(message)}")
+            continue
+        index.append(i)
+    return Decoded(events, np.asarray(index, dtype=np.int64))

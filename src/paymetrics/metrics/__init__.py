@@ -1,0 +1,1 @@
+"""Metric extraction and windowed aggregation, on whole batches."""

@@ -1,0 +1,293 @@
+"""The pipeline: wires the stages for one batch at a time. It does no I/O of its own.
+
+Per batch: mask → decode → normalize → validate → lateness → in-batch de-dup →
+raw archive → one store transaction (dead letters, new events, metric partials,
+checkpoint) → acknowledge the source. Every non-blank message ends up exactly
+once as a stored event, a duplicate, or a dead letter; `BatchReport` counts them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from paymetrics.archive.parquet import ARCHIVE_SCHEMA, ParquetArchive
+from paymetrics.decode import Rejects, decode
+from paymetrics.events import MAX_EVENT_BYTES, Reason
+from paymetrics.mask import mask_batch
+from paymetrics.metrics.payment_5m import aggregate
+from paymetrics.metrics.windows import US_PER_SECOND, from_epoch_us
+from paymetrics.normalize import normalize
+from paymetrics.sources.base import Checkpoint, RawBatch, Source
+from paymetrics.storage.base import BatchCounts, DeadLetters, PartitionState, Store
+from paymetrics.validate import DEFAULT_RULES, Rule, resolve_rules, validate
+
+__all__ = ["BatchReport", "Pipeline", "PipelineOptions", "RunStats"]
+
+DEFAULT_MAX_LATENESS_SECONDS = 7 * 86_400
+STAGES = ("read", "mask", "decode", "normalize", "validate", "archive", "store")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineOptions:
+    batch_max_events: int = 50_000
+    max_lateness_seconds: float = DEFAULT_MAX_LATENESS_SECONDS
+    rules: Sequence[str | Rule] = DEFAULT_RULES
+
+    def __post_init__(self) -> None:
+        if self.batch_max_events < 1:
+            raise ValueError(f"batch_max_events must be at least 1, got {self.batch_max_events}")
+        if self.max_lateness_seconds < 0:
+            raise ValueError(f"max_lateness_seconds must be >= 0, got {self.max_lateness_seconds}")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    partition: str
+    counts: BatchCounts
+    authorizations: int
+    approved: int
+    metric_rows: int
+
+
+@dataclass(slots=True)
+class RunStats:
+    messages: int = 0
+    normalized: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    metric_rows_touched: int = 0
+    authorizations: int = 0
+    approved: int = 0
+    elapsed_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    def add(self, report: BatchReport) -> None:
+        self.messages += report.counts.messages
+        self.normalized += report.counts.normalized
+        self.duplicates += report.counts.duplicates
+        self.dead_lettered += report.counts.dead_lettered
+        self.batches += 1
+        self.metric_rows_touched += report.metric_rows
+        self.authorizations += report.authorizations
+        self.approved += report.approved
+
+    @property
+    def approval_rate(self) -> float | None:
+        return self.approved / self.authorizations if self.authorizations else None
+
+    @property
+    def events_per_second(self) -> float:
+        return self.messages / self.elapsed_seconds if self.elapsed_seconds else 0.0
+
+
+def _payload_text(message: bytes) -> str:
+    if len(message) > MAX_EVENT_BYTES:
+        message = message[:MAX_EVENT_BYTES]
+    return message.decode("utf-8", errors="backslashreplace")
+
+
+def _first_occurrences(ids: pa.ChunkedArray) -> npt.NDArray[np.bool_]:
+    """True at the first row of each event_id (in batch order)."""
+    n = len(ids)
+    if pc.count_distinct(ids).as_py() == n:
+        return np.ones(n, dtype=bool)
+    rows = pa.table({"id": ids, "row": pa.array(np.arange(n))})
+    first = rows.group_by("id", use_threads=False).aggregate([("row", "min")])["row_min"]
+    out = np.zeros(n, dtype=bool)
+    out[first.to_numpy()] = True
+    return out
+
+
+class Pipeline:
+    """Runs sources into a store (and an archive), one transaction per batch."""
+
+    def __init__(
+        self,
+        store: Store,
+        archive: ParquetArchive | None,
+        options: PipelineOptions | None = None,
+    ) -> None:
+        self.store = store
+        self.archive = archive
+        self.options = options or PipelineOptions()
+        self.rules = resolve_rules(self.options.rules)
+        self.max_lateness_us = int(self.options.max_lateness_seconds * US_PER_SECOND)
+
+    def run(
+        self,
+        source: Source,
+        *,
+        on_batch: Callable[[BatchReport], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> RunStats:
+        """Process `source` to its end (or until `should_stop()` between batches)."""
+        stats = RunStats()
+        states = self.store.load_state(source.source_id)
+        source.open({p: Checkpoint(p, s.position, s.byte_offset) for p, s in states.items()})
+        started = time.perf_counter()
+        batches = source.batches(self.options.batch_max_events)
+        while not should_stop():
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            stats.stage_seconds["read"] += time.perf_counter() - t0
+            if batch is None:
+                break
+            state = states.get(batch.partition) or PartitionState(batch.partition, 0, None, None)
+            report, states[batch.partition] = self.process(batch, state, stats.stage_seconds)
+            source.ack(batch)
+            stats.add(report)
+            if on_batch is not None:
+                on_batch(report)
+        stats.elapsed_seconds = time.perf_counter() - started
+        return stats
+
+    def process(
+        self,
+        batch: RawBatch,
+        state: PartitionState,
+        timings: dict[str, float] | None = None,
+    ) -> tuple[BatchReport, PartitionState]:
+        """Process and store one batch; returns its report and the partition's new state."""
+        clock = _Stopwatch(timings)
+        masked, pan_counts = mask_batch(batch.messages)
+        clock.lap("mask")
+        rejects = Rejects()
+        decoded = decode(masked, rejects)
+        clock.lap("decode")
+        positions = np.asarray(batch.positions, dtype=np.int64)
+        table = normalize(decoded.events, decoded.index, positions, pan_counts)
+        clock.lap("normalize")
+        table = table.filter(pa.array(validate(table, self.rules, rejects)))
+        table, watermark = self._lateness(table, state.watermark_us, rejects)
+        clock.lap("validate")
+        if self.archive is not None:
+            self._archive(batch, table, masked)
+        clock.lap("archive")
+        unique = table.filter(pa.array(_first_occurrences(table["event_id"])))
+        order = sorted(range(len(rejects)), key=rejects.index.__getitem__)
+        dead = DeadLetters(
+            positions=[batch.positions[rejects.index[k]] for k in order],
+            reasons=[str(rejects.reason[k]) for k in order],
+            messages=[rejects.message[k] for k in order],
+            event_ids=[rejects.event_id[k] for k in order],
+            payloads=[_payload_text(masked[rejects.index[k]]) for k in order],
+        )
+        with self.store.transaction() as tx:
+            batch_id = tx.start_batch(
+                batch.source_id, batch.partition, batch.positions[0], batch.positions[-1]
+            )
+            tx.add_dead_letters(batch.source_id, batch.partition, dead)
+            new = tx.insert_events(unique, batch_id)
+            stored = unique.filter(pa.array(new))
+            partials = aggregate(stored)
+            tx.apply_payment_metrics(partials)
+            normalized = int(new.sum())
+            counts = BatchCounts(
+                messages=len(batch),
+                normalized=normalized,
+                duplicates=table.num_rows - normalized,
+                dead_lettered=len(rejects),
+            )
+            new_state = PartitionState(
+                partition=batch.partition,
+                position=batch.checkpoint.position,
+                byte_offset=batch.checkpoint.byte_offset,
+                watermark_us=watermark,
+                messages=state.messages + counts.messages,
+                normalized=state.normalized + counts.normalized,
+                duplicates=state.duplicates + counts.duplicates,
+                dead_lettered=state.dead_lettered + counts.dead_lettered,
+            )
+            tx.finish_batch(batch_id, batch.source_id, new_state, counts)
+        clock.lap("store")
+        rows = partials.rows
+        report = BatchReport(
+            partition=batch.partition,
+            counts=counts,
+            authorizations=int(pc.sum(rows["authorizations"]).as_py() or 0),
+            approved=int(pc.sum(rows["approved"]).as_py() or 0),
+            metric_rows=rows.num_rows,
+        )
+        return report, new_state
+
+    def _lateness(
+        self, table: pa.Table, watermark_us: int | None, rejects: Rejects
+    ) -> tuple[pa.Table, int | None]:
+        """Dead-letter events older than the newest one seen before them by over the limit."""
+        if table.num_rows == 0:
+            return table, watermark_us
+        occurred = table["occurred_at"].cast(pa.int64()).to_numpy()
+        floor = np.iinfo(np.int64).min if watermark_us is None else watermark_us
+        newest_before = np.empty_like(occurred)
+        newest_before[0] = floor
+        np.maximum.accumulate(occurred[:-1], out=newest_before[1:])
+        np.maximum(newest_before, floor, out=newest_before)
+        late = (newest_before != np.iinfo(np.int64).min) & (
+            occurred < newest_before - self.max_lateness_us
+        )
+        watermark = int(max(occurred.max(), floor))
+        if not late.any():
+            return table, watermark
+        index = table["message_index"].to_numpy()
+        ids = table["event_id"]
+        limit = dt.timedelta(microseconds=self.max_lateness_us)
+        for row in np.flatnonzero(late):
+            at = from_epoch_us(int(occurred[row]))
+            newest = from_epoch_us(int(newest_before[row]))
+            rejects.add(
+                int(index[row]),
+                Reason.TOO_LATE,
+                f"occurred_at: {at.isoformat()} is {newest - at} older than the newest event "
+                f"already seen on this partition ({newest.isoformat()}); "
+                f"the maximum lateness is {limit}",
+                ids[int(row)].as_py(),
+            )
+        return table.filter(pa.array(~late)), watermark
+
+    def _archive(self, batch: RawBatch, table: pa.Table, masked: list[bytes]) -> None:
+        assert self.archive is not None
+        index = table["message_index"]
+        payload = pa.array(masked, pa.binary()).take(index).cast(pa.string())
+        rows = pa.table(
+            {
+                "event_id": table["event_id"],
+                "event_type": table["event_type"],
+                "transaction_id": table["transaction_id"],
+                "merchant_id": table["merchant_id"],
+                "occurred_at": table["occurred_at"],
+                "source_id": pa.array([batch.source_id] * table.num_rows, pa.string()),
+                "partition": pa.array([batch.partition] * table.num_rows, pa.string()),
+                "position": table["source_position"],
+                "pan_exposure": table["pan_exposure"],
+                "payload": payload,
+            },
+            schema=ARCHIVE_SCHEMA,
+        )
+        self.archive.write(
+            rows,
+            source_id=batch.source_id,
+            partition=batch.partition,
+            first_position=batch.positions[0],
+            last_position=batch.positions[-1],
+        )
+
+
+class _Stopwatch:
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[stage] = self.timings.get(stage, 0.0) + now - self.last
+        self.last = now

@@ -1,0 +1,110 @@
+"""The store: one transaction per batch holding events, dead letters, metrics and checkpoint.
+
+The pipeline opens a `Transaction`, writes everything a batch produced, and
+commits; the source is acknowledged only after that. A crash before the commit
+leaves nothing behind, and the replayed batch finds its events already stored
+(duplicates) only if an earlier commit stored them: the exactly-once effect.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from paymetrics.metrics.payment_5m import Partials
+
+__all__ = ["BatchCounts", "DeadLetters", "PartitionState", "Store", "Transaction"]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    """What the store knows about one source partition."""
+
+    partition: str
+    position: int
+    byte_offset: int | None
+    watermark_us: int | None
+    messages: int = 0
+    normalized: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCounts:
+    messages: int
+    normalized: int
+    duplicates: int
+    dead_lettered: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetters:
+    """Rows for `failed_items`, column by column (payloads already masked)."""
+
+    positions: list[int]
+    reasons: list[str]
+    messages: list[str]
+    event_ids: list[str | None]
+    payloads: list[str]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+class Transaction(abc.ABC):
+    """Everything one batch writes, atomically."""
+
+    @abc.abstractmethod
+    def start_batch(self, source_id: str, partition: str, first: int, last: int) -> int:
+        """Record the batch in `ingest_batches`; returns its `batch_id`."""
+
+    @abc.abstractmethod
+    def add_dead_letters(self, source_id: str, partition: str, rows: DeadLetters) -> None:
+        """Insert dead letters; one already stored at the same source position is kept."""
+
+    @abc.abstractmethod
+    def insert_events(self, events: pa.Table, batch_id: int) -> npt.NDArray[np.bool_]:
+        """Insert normalized events (unique `event_id`s); True for each row that was new."""
+
+    @abc.abstractmethod
+    def apply_payment_metrics(self, partials: Partials) -> None:
+        """Add partial aggregates to `payment_metrics_5m` and its latency sketches."""
+
+    @abc.abstractmethod
+    def finish_batch(
+        self,
+        batch_id: int,
+        source_id: str,
+        state: PartitionState,
+        counts: BatchCounts,
+    ) -> None:
+        """Store the batch's counts and the partition's new checkpoint."""
+
+
+class Store(abc.ABC):
+    """A database holding paymetrics' tables."""
+
+    url_for_display: str
+
+    @abc.abstractmethod
+    def prepare(self) -> None:
+        """Create or upgrade the schema."""
+
+    @abc.abstractmethod
+    def load_state(self, source_id: str) -> dict[str, PartitionState]:
+        """Checkpoints and counters of every partition of a source."""
+
+    @abc.abstractmethod
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A transaction that commits when the block ends without an exception."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

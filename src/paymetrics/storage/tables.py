@@ -1,0 +1,184 @@
+"""The database schema, in SQLAlchemy Core. Alembic migrations create it.
+
+Timestamps are aware UTC everywhere (`UTCDateTime`); on SQLite they are stored as
+'YYYY-MM-DD HH:MM:SS.ffffff' text in UTC, which sorts and compares correctly and
+works with SQLite's date functions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+__all__ = [
+    "METRIC_KEY_COLUMNS",
+    "UTCDateTime",
+    "aggregate_histograms",
+    "failed_items",
+    "ingest_batches",
+    "metadata",
+    "normalized_transactions",
+    "payment_metrics_5m",
+    "source_checkpoints",
+]
+
+SQLITE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out; naive ones are refused."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given; use an aware UTC one")
+        value = value.astimezone(dt.UTC)
+        if dialect.name == "sqlite":  # SQLAlchemy stores naive values as SQLITE_DATETIME_FORMAT
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
+        assert isinstance(value, dt.datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ingest_batches = sa.Table(
+    "ingest_batches",
+    metadata,
+    sa.Column("batch_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source_id", sa.String(1024), nullable=False),
+    sa.Column("partition", sa.String(1024), nullable=False),
+    sa.Column("first_position", sa.BigInteger, nullable=False),
+    sa.Column("last_position", sa.BigInteger, nullable=False),
+    sa.Column("messages", sa.Integer, nullable=False),
+    sa.Column("normalized", sa.Integer, nullable=False),
+    sa.Column("duplicates", sa.Integer, nullable=False),
+    sa.Column("dead_lettered", sa.Integer, nullable=False),
+    sa.Column("committed_at", UTCDateTime, nullable=False),
+    comment="One row per stored batch: the provenance of normalized rows.",
+)
+
+normalized_transactions = sa.Table(
+    "normalized_transactions",
+    metadata,
+    sa.Column("event_id", sa.String(128), primary_key=True),
+    sa.Column("event_type", sa.String(16), nullable=False),
+    sa.Column("transaction_id", sa.String(128), nullable=False),
+    sa.Column("occurred_at", UTCDateTime, nullable=False),
+    sa.Column("merchant_id", sa.String(64), nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("payment_method", sa.String(16), nullable=False),
+    sa.Column("decline_code", sa.String(128)),
+    sa.Column("card_network", sa.String(64)),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("country", sa.String(2)),
+    sa.Column("channel", sa.String(16)),
+    sa.Column("customer_id", sa.String(128)),
+    sa.Column("pan_exposure", sa.Boolean, nullable=False),
+    sa.Column("batch_id", sa.Integer, nullable=False),
+    sa.Column("source_position", sa.BigInteger, nullable=False),
+    comment="Valid, de-duplicated, masked events (one row per event_id).",
+)
+
+failed_items = sa.Table(
+    "failed_items",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source_id", sa.String(1024), nullable=False),
+    sa.Column("partition", sa.String(1024), nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("event_id", sa.String(128)),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("first_seen_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("source_id", "partition", "position", name="uq_failed_items_position"),
+    comment="Dead letters: every message that could not become an event, with its reason.",
+)
+
+METRIC_KEY_COLUMNS = ("window_start", "merchant_id", "payment_method", "currency")
+
+payment_metrics_5m = sa.Table(
+    "payment_metrics_5m",
+    metadata,
+    sa.Column("window_start", UTCDateTime, primary_key=True),
+    sa.Column("merchant_id", sa.String(64), primary_key=True),
+    sa.Column("payment_method", sa.String(16), primary_key=True),
+    sa.Column("currency", sa.String(3), primary_key=True),
+    sa.Column("authorizations", sa.BigInteger, nullable=False),
+    sa.Column("approved", sa.BigInteger, nullable=False),
+    sa.Column("declined", sa.BigInteger, nullable=False),
+    sa.Column("errors", sa.BigInteger, nullable=False),
+    sa.Column("approval_rate", sa.Float),
+    sa.Column("approved_amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("captures", sa.BigInteger, nullable=False),
+    sa.Column("captured_amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("refunds", sa.BigInteger, nullable=False),
+    sa.Column("refunded_amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("chargebacks", sa.BigInteger, nullable=False),
+    sa.Column("chargeback_amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("latency_p50_ms", sa.Float),
+    sa.Column("latency_p95_ms", sa.Float),
+    sa.Column("latency_p99_ms", sa.Float),
+    sa.Column("latency_max_ms", sa.Float),
+    comment="Exact 5-minute payment metrics per merchant, payment method and currency.",
+)
+
+aggregate_histograms = sa.Table(
+    "aggregate_histograms",
+    metadata,
+    sa.Column("histogram", sa.String(128), primary_key=True),
+    sa.Column("window_start", UTCDateTime, primary_key=True),
+    sa.Column("window_seconds", sa.Integer, primary_key=True),
+    sa.Column("dimensions", sa.String(1024), primary_key=True),
+    sa.Column("bucket", sa.BigInteger, primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    comment="Mergeable histogram/sketch buckets; counts add up across batches and workers.",
+)
+
+source_checkpoints = sa.Table(
+    "source_checkpoints",
+    metadata,
+    sa.Column("source_id", sa.String(1024), primary_key=True),
+    sa.Column("partition", sa.String(1024), primary_key=True),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("byte_offset", sa.BigInteger),
+    sa.Column("watermark", UTCDateTime),
+    sa.Column("messages", sa.BigInteger, nullable=False),
+    sa.Column("normalized", sa.BigInteger, nullable=False),
+    sa.Column("duplicates", sa.BigInteger, nullable=False),
+    sa.Column("dead_lettered", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    comment="Where each source partition resumes, committed with the data it covers.",
+)
+
+sa.Index("ix_failed_items_reason", failed_items.c.reason)
+sa.Index(
+    "ix_payment_metrics_5m_merchant",
+    payment_metrics_5m.c.merchant_id,
+    payment_metrics_5m.c.window_start,
+)

@@ -1,0 +1,35 @@
+"""A validation rule: one named check over a whole batch of normalized events.
+
+Type, enum, length and range checks happen while decoding (the contract's
+`PaymentEvent`); rules here are the checks that need more than the type system:
+lookups (ISO codes) and cross-field logic. A rule returns the rows it rejects,
+so a batch costs one vectorized pass per rule, not one Python call per event.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from paymetrics.events import Reason
+
+__all__ = ["Rule"]
+
+
+class Rule(abc.ABC):
+    """Implementers set `name`, `reason` and write `invalid` and `describe`."""
+
+    name: ClassVar[str]
+    reason: ClassVar[Reason]
+
+    @abc.abstractmethod
+    def invalid(self, table: pa.Table) -> npt.NDArray[np.bool_]:
+        """True for each row this rule rejects."""
+
+    @abc.abstractmethod
+    def describe(self, table: pa.Table, row: int) -> str:
+        """The dead-letter message for a rejected row: names the field and the value."""
