@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from paymetrics.events import MAX_EVENT_BYTES, PaymentEvent, Reason
 
@@ -82,7 +83,7 @@ def _event_id_of(message: bytes) -> str | None:
     """Best-effort event_id of a message that failed, for the dead-letter row."""
     try:
         obj = msgspec.json.decode(message)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     if isinstance(obj, dict):
         value = obj.get("event_id")
@@ -99,26 +100,67 @@ def _utf8_problem(message: bytes) -> str:
     return "not valid UTF-8"  # pragma: no cover - msgspec and Python agree on UTF-8
 
 
-def decode(messages: list[bytes], rejects: Rejects) -> Decoded:
-    """Decode each (already masked) message; failures go to `rejects`."""
+def invalid_utf8(messages: list[bytes]) -> npt.NDArray[np.bool_]:
+    """True for each message that is not valid UTF-8 (one vectorized pass when all are)."""
+    try:
+        pa.array(messages, pa.binary()).cast(pa.string())
+    except pa.ArrowInvalid:
+        return np.fromiter((not _is_utf8(m) for m in messages), bool, len(messages))
+    return np.zeros(len(messages), dtype=bool)
+
+
+def _is_utf8(message: bytes) -> bool:
+    try:
+        message.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _schema_version_problem(message: bytes) -> str | None:
+    """A message with another schema_version is reported as such, whatever else is wrong."""
+    try:
+        obj = msgspec.json.decode(message)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if isinstance(obj, dict) and obj.get("schema_version", "1") not in ("1", None):
+        return f"schema_version: {obj['schema_version']!r} is not supported; only '1' is"
+    return None
+
+
+def decode(messages: list[bytes], raw_sizes: list[int], rejects: Rejects) -> Decoded:
+    """Decode each (already masked) message; failures go to `rejects`.
+
+    `raw_sizes` are the sizes as received: the 1 MiB limit applies before masking,
+    which may shorten a message.
+    """
     events: list[PaymentEvent] = []
     index: list[int] = []
     decode_one = _DECODER.decode
+    bad_utf8 = invalid_utf8(messages)
     for i, message in enumerate(messages):
-        if len(message) > MAX_EVENT_BYTES:
-            rejects.add(i, Reason.TOO_LARGE, f"message: {len(message)} bytes, over the 1 MiB limit")
+        if raw_sizes[i] > MAX_EVENT_BYTES:
+            rejects.add(i, Reason.TOO_LARGE, f"message: {raw_sizes[i]} bytes, over the 1 MiB limit")
+            continue
+        if bad_utf8[i]:
+            # msgspec skips unknown fields without checking them; the archive would not.
+            rejects.add(i, Reason.INVALID_ENCODING, f"message: {_utf8_problem(message)}")
             continue
         try:
             events.append(decode_one(message))
         except msgspec.ValidationError as error:
-            reason, text = _classify(error)
-            rejects.add(i, reason, text, _event_id_of(message))
+            problem = _schema_version_problem(message)
+            if problem is not None:
+                rejects.add(i, Reason.UNSUPPORTED_SCHEMA_VERSION, problem, _event_id_of(message))
+            else:
+                reason, text = _classify(error)
+                rejects.add(i, reason, text, _event_id_of(message))
             continue
         except msgspec.DecodeError as error:
             rejects.add(i, Reason.INVALID_JSON, f"message: not valid JSON ({error})")
             continue
-        except UnicodeDecodeError:
-            rejects.add(i, Reason.INVALID_ENCODING, f"message: {_utf8_problem(message)}")
+        except RecursionError:
+            rejects.add(i, Reason.INVALID_JSON, "message: nested too deeply to decode")
             continue
         index.append(i)
     return Decoded(events, np.asarray(index, dtype=np.int64))

@@ -1,7 +1,7 @@
 """Turn decoded events into one Arrow table of normalized columns.
 
 Normalization is what the contract promises downstream: currency and country
-upper-case, `occurred_at` in UTC, `decline_code` = 'unknown' for a decline that
+upper-case (ASCII only: 'uſd' must not become 'USD'), `occurred_at` in UTC, `decline_code` = 'unknown' for a decline that
 gave none, and the 5-minute `window_start` of each event.
 """
 
@@ -79,8 +79,8 @@ def normalize(
     columns["occurred_at"] = occurred
     columns["amount_minor"] = pa.array(_column(events, "amount_minor"), pa.int64())
     columns["latency_ms"] = pa.array(_column(events, "latency_ms"), pa.float64())
-    columns["currency"] = pc.utf8_upper(pa.array(_column(events, "currency"), pa.string()))
-    columns["country"] = pc.utf8_upper(pa.array(_column(events, "country"), pa.string()))
+    columns["currency"] = pc.ascii_upper(pa.array(_column(events, "currency"), pa.string()))
+    columns["country"] = pc.ascii_upper(pa.array(_column(events, "country"), pa.string()))
     status = columns["status"]
     decline = pa.array(_column(events, "decline_code"), pa.string())
     columns["decline_code"] = pc.if_else(

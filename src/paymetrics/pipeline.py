@@ -161,7 +161,7 @@ class Pipeline:
         masked, pan_counts = mask_batch(batch.messages)
         clock.lap("mask")
         rejects = Rejects()
-        decoded = decode(masked, rejects)
+        decoded = decode(masked, [len(m) for m in batch.messages], rejects)
         clock.lap("decode")
         positions = np.asarray(batch.positions, dtype=np.int64)
         table = normalize(decoded.events, decoded.index, positions, pan_counts)

@@ -7,21 +7,22 @@ else is plain Core with bound parameters.
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from paymetrics.metrics.payment_5m import COUNT_COLUMNS, KEY_COLUMNS, LATENCY_HISTOGRAM, Partials
-from paymetrics.metrics.sketch import quantiles_from_buckets
+from paymetrics.metrics.payment_5m import KEY_COLUMNS, Partials
+from paymetrics.metrics.sketch import grouped_quantiles
 from paymetrics.metrics.windows import from_epoch_us, to_epoch_us
-from paymetrics.normalize import WINDOW_SECONDS
 from paymetrics.storage import migrate
 from paymetrics.storage.base import (
     BatchCounts,
@@ -31,10 +32,8 @@ from paymetrics.storage.base import (
     Transaction,
 )
 from paymetrics.storage.tables import (
-    aggregate_histograms,
     failed_items,
     ingest_batches,
-    payment_metrics_5m,
     source_checkpoints,
 )
 
@@ -42,7 +41,6 @@ __all__ = ["SqlStore", "SqlTransaction"]
 
 Clock = Callable[[], dt.datetime]
 QUANTILES = (0.5, 0.95, 0.99)
-_CHUNK = 400
 
 
 def _utcnow() -> dt.datetime:
@@ -57,20 +55,7 @@ def _insert(conn: sa.Connection, table: sa.Table) -> Any:
     raise NotImplementedError(f"no upsert support for database dialect {conn.dialect.name!r}")
 
 
-def _greatest(conn: sa.Connection, a: Any, b: Any) -> Any:
-    """Larger of two nullable values, ignoring NULL (as PostgreSQL's GREATEST does)."""
-    if conn.dialect.name == "postgresql":
-        return sa.func.greatest(a, b)
-    return sa.func.coalesce(sa.func.max(a, b), a, b)
-
-
-def _least(conn: sa.Connection, a: Any, b: Any) -> Any:
-    if conn.dialect.name == "postgresql":
-        return sa.func.least(a, b)
-    return sa.func.coalesce(sa.func.min(a, b), a, b)
-
-
-class SqlTransaction(Transaction):
+class SqlTransaction(Transaction, abc.ABC):
     def __init__(self, conn: sa.Connection, clock: Clock) -> None:
         self.conn = conn
         self.clock = clock
@@ -124,104 +109,42 @@ class SqlTransaction(Transaction):
             ],
         )
 
-    def insert_events(self, events: pa.Table, batch_id: int) -> npt.NDArray[np.bool_]:
-        raise NotImplementedError  # pragma: no cover - each dialect has its bulk path
-
     # -- metrics -----------------------------------------------------------------
 
     def apply_payment_metrics(self, partials: Partials) -> None:
+        """Add the partials, then recompute percentiles of the rows whose sketch changed.
+
+        The metric rows are upserted first: on a database with row locks that
+        serializes concurrent writers of the same row before they read its sketch.
+        """
         if not partials.rows.num_rows:
             return
         self._upsert_metric_rows(partials.rows)
-        if partials.buckets.num_rows:
-            self._upsert_buckets(partials.buckets)
-            timed = partials.rows.filter(partials.rows["latency_max_ms"].is_valid())
-            self._refresh_percentiles(timed)
+        if not partials.buckets.num_rows:
+            return
+        self._upsert_buckets(partials.buckets)
+        timed = partials.rows.filter(pc.is_valid(partials.rows["latency_max_ms"]))
+        group, bucket, count = self._fetch_buckets(timed["window_start"], timed["dimensions"])
+        quantiles = grouped_quantiles(group, bucket, count, timed.num_rows, QUANTILES)
+        self._update_percentiles(timed.select(list(KEY_COLUMNS)), quantiles)
 
+    @abc.abstractmethod
     def _upsert_metric_rows(self, rows: pa.Table) -> None:
-        t = payment_metrics_5m
-        stmt = _insert(self.conn, t)
-        ex = stmt.excluded
-        assignments: dict[str, Any] = {name: t.c[name] + ex[name] for name in COUNT_COLUMNS}
-        approved = t.c.approved + ex.approved
-        auths = t.c.authorizations + ex.authorizations
-        assignments["approval_rate"] = sa.case(
-            (auths > 0, sa.cast(approved, sa.Float) / auths), else_=None
-        )
-        assignments["latency_max_ms"] = _greatest(self.conn, t.c.latency_max_ms, ex.latency_max_ms)
-        stmt = stmt.on_conflict_do_update(index_elements=list(KEY_COLUMNS), set_=assignments)
-        params = []
-        for row in rows.drop_columns(["dimensions"]).to_pylist():
-            auth = row["authorizations"]
-            row["approval_rate"] = row["approved"] / auth if auth else None
-            params.append(row)
-        self.conn.execute(stmt, params)
+        """Add KEY_COLUMNS + COUNT_COLUMNS + latency_max_ms rows to payment_metrics_5m."""
 
+    @abc.abstractmethod
     def _upsert_buckets(self, buckets: pa.Table) -> None:
-        h = aggregate_histograms
-        stmt = _insert(self.conn, h)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["histogram", "window_start", "window_seconds", "dimensions", "bucket"],
-            set_={"count": h.c.count + stmt.excluded["count"]},
-        )
-        params = [
-            {
-                "histogram": LATENCY_HISTOGRAM,
-                "window_seconds": WINDOW_SECONDS,
-                **row,
-            }
-            for row in buckets.to_pylist()
-        ]
-        self.conn.execute(stmt, params)
+        """Add (window_start, dimensions, bucket, count) rows to the latency sketches."""
 
-    def _refresh_percentiles(self, rows: pa.Table) -> None:
-        """Recompute p50/p95/p99 of the touched rows from their merged sketches."""
-        h = aggregate_histograms
-        keys = list(
-            zip(
-                rows["window_start"].to_pylist(),
-                rows["dimensions"].to_pylist(),
-                strict=True,
-            )
-        )
-        found: dict[tuple[int, str], tuple[list[int], list[int]]] = {}
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            query = sa.select(h.c.window_start, h.c.dimensions, h.c.bucket, h.c.count).where(
-                h.c.histogram == LATENCY_HISTOGRAM,
-                h.c.window_seconds == WINDOW_SECONDS,
-                sa.tuple_(h.c.window_start, h.c.dimensions).in_(chunk),
-            )
-            for window_start, dims, bucket, count in self.conn.execute(query):
-                entry = found.setdefault((to_epoch_us(window_start), dims), ([], []))
-                entry[0].append(bucket)
-                entry[1].append(count)
-        t = payment_metrics_5m
-        update = (
-            t.update()
-            .where(*(t.c[k] == sa.bindparam(f"k_{k}") for k in KEY_COLUMNS))
-            .values(
-                latency_p50_ms=_least(
-                    self.conn, sa.bindparam("p50", type_=sa.Float), t.c.latency_max_ms
-                ),
-                latency_p95_ms=_least(
-                    self.conn, sa.bindparam("p95", type_=sa.Float), t.c.latency_max_ms
-                ),
-                latency_p99_ms=_least(
-                    self.conn, sa.bindparam("p99", type_=sa.Float), t.c.latency_max_ms
-                ),
-            )
-        )
-        params = []
-        for row in rows.select([*KEY_COLUMNS, "dimensions"]).to_pylist():
-            buckets, counts = found[(to_epoch_us(row["window_start"]), row["dimensions"])]
-            p50, p95, p99 = quantiles_from_buckets(
-                np.asarray(buckets, dtype=np.int64), np.asarray(counts, dtype=np.int64), QUANTILES
-            )
-            params.append(
-                {**{f"k_{k}": row[k] for k in KEY_COLUMNS}, "p50": p50, "p95": p95, "p99": p99}
-            )
-        self.conn.execute(update, params)
+    @abc.abstractmethod
+    def _fetch_buckets(
+        self, window_start: pa.ChunkedArray, dimensions: pa.ChunkedArray
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """All stored buckets of the given sketches as (index of the sketch, bucket, count)."""
+
+    @abc.abstractmethod
+    def _update_percentiles(self, keys: pa.Table, quantiles: npt.NDArray[np.float64]) -> None:
+        """Set p50/p95/p99 (capped at the row's exact maximum) of each keyed row."""
 
     # -- checkpoint --------------------------------------------------------------
 
@@ -309,8 +232,3 @@ class SqlStore(Store):
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(seq), size):
-        yield seq[start : start + size]

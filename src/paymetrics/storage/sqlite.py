@@ -4,6 +4,10 @@ Every transaction starts with BEGIN IMMEDIATE, so the write lock is taken up
 front and two processes never deadlock upgrading a read lock. synchronous=FULL
 makes a commit durable before the source is acknowledged; with one commit per
 batch the fsync costs next to nothing.
+
+Bulk writes go straight to the driver's executemany with tuples built from
+Arrow columns (timestamps formatted vectorized): SQLAlchemy's per-row parameter
+processing would cost more than SQLite itself.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from paymetrics.metrics.payment_5m import COUNT_COLUMNS, KEY_COLUMNS, LATENCY_HISTOGRAM
+from paymetrics.normalize import WINDOW_SECONDS
 from paymetrics.storage.sql import SqlStore, SqlTransaction
-from paymetrics.storage.tables import SQLITE_DATETIME_FORMAT, normalized_transactions
 
 __all__ = ["SQLiteStore", "sqlite_engine"]
 
+_TEXT_TIMESTAMP = "%Y-%m-%d %H:%M:%S"  # on microsecond timestamps, %S prints SS.ffffff
 _EVENT_COLUMNS = (
     "event_id",
     "event_type",
@@ -41,11 +47,48 @@ _EVENT_COLUMNS = (
     "pan_exposure",
     "source_position",
 )
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join("?" * n)
+
+
 _INSERT_EVENTS = (
-    f"INSERT INTO {normalized_transactions.name} ({', '.join(_EVENT_COLUMNS)}, batch_id) "
-    f"VALUES ({', '.join('?' for _ in _EVENT_COLUMNS)}, ?) "
-    "ON CONFLICT (event_id) DO NOTHING"
+    f"INSERT INTO normalized_transactions ({', '.join(_EVENT_COLUMNS)}, batch_id) "
+    f"VALUES ({_placeholders(len(_EVENT_COLUMNS) + 1)}) ON CONFLICT (event_id) DO NOTHING"
 )
+_METRIC_COLUMNS = (*KEY_COLUMNS, *COUNT_COLUMNS, "latency_max_ms", "approval_rate")
+_UPSERT_METRICS = (
+    f"INSERT INTO payment_metrics_5m ({', '.join(_METRIC_COLUMNS)}) "
+    f"VALUES ({_placeholders(len(_METRIC_COLUMNS))}) "
+    f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNT_COLUMNS)
+    + ", approval_rate = CASE WHEN authorizations + excluded.authorizations > 0 THEN "
+    "CAST(approved + excluded.approved AS REAL) / (authorizations + excluded.authorizations) END"
+    ", latency_max_ms = coalesce(max(latency_max_ms, excluded.latency_max_ms), "
+    "latency_max_ms, excluded.latency_max_ms)"
+)
+_UPSERT_BUCKETS = (
+    "INSERT INTO aggregate_histograms "
+    "(histogram, window_start, window_seconds, dimensions, bucket, count) "
+    "VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (histogram, window_start, window_seconds, dimensions, bucket) "
+    "DO UPDATE SET count = count + excluded.count"
+)
+_UPDATE_PERCENTILES = (
+    "UPDATE payment_metrics_5m SET "
+    "latency_p50_ms = min(?, latency_max_ms), "
+    "latency_p95_ms = min(?, latency_max_ms), "
+    "latency_p99_ms = min(?, latency_max_ms) "
+    f"WHERE {' AND '.join(f'{k} = ?' for k in KEY_COLUMNS)}"
+)
+
+
+def _pylist(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    """Driver-ready Python values; timestamps become SQLite's UTC text form."""
+    if pa.types.is_timestamp(column.type):
+        column = pc.strftime(column, format=_TEXT_TIMESTAMP)
+    return column.to_pylist()
 
 
 def sqlite_engine(url: str | sa.URL) -> sa.Engine:
@@ -86,23 +129,71 @@ class SQLiteTransaction(SqlTransaction):
         n = events.num_rows
         if n == 0:
             return np.zeros(0, dtype=bool)
-        columns: list[list[Any]] = []
-        for name in _EVENT_COLUMNS:
-            column = events[name]
-            if name == "occurred_at":
-                column = pc.strftime(column, format=SQLITE_DATETIME_FORMAT.replace(".%f", ""))
-            columns.append(column.to_pylist())
+        columns = [_pylist(events[name]) for name in _EVENT_COLUMNS]
         columns.append([batch_id] * n)
-        table = normalized_transactions.name
-        before = self.conn.exec_driver_sql(f"SELECT max(rowid) FROM {table}").scalar() or 0
+        before = self._scalar("SELECT max(rowid) FROM normalized_transactions") or 0
         result = self.conn.exec_driver_sql(_INSERT_EVENTS, list(zip(*columns, strict=True)))
         if result.rowcount == n:
             return np.ones(n, dtype=bool)
         new_ids = self.conn.exec_driver_sql(
-            f"SELECT event_id FROM {table} WHERE rowid > ?", (before,)
+            "SELECT event_id FROM normalized_transactions WHERE rowid > ?", (before,)
         ).scalars()
         new = pc.is_in(events["event_id"], value_set=pa.array(list(new_ids), pa.string()))
         return np.asarray(new, dtype=bool)
+
+    def _scalar(self, sql: str) -> Any:
+        return self.conn.exec_driver_sql(sql).scalar()
+
+    def _upsert_metric_rows(self, rows: pa.Table) -> None:
+        approved = rows["approved"].to_numpy()
+        auths = rows["authorizations"].to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = pa.array(approved / auths, mask=auths == 0)
+        columns = [_pylist(rows[name]) for name in _METRIC_COLUMNS[:-1]]
+        columns.append(rate.to_pylist())
+        self.conn.exec_driver_sql(_UPSERT_METRICS, list(zip(*columns, strict=True)))
+
+    def _upsert_buckets(self, buckets: pa.Table) -> None:
+        n = buckets.num_rows
+        columns = [
+            [LATENCY_HISTOGRAM] * n,
+            _pylist(buckets["window_start"]),
+            [WINDOW_SECONDS] * n,
+            _pylist(buckets["dimensions"]),
+            _pylist(buckets["bucket"]),
+            _pylist(buckets["count"]),
+        ]
+        self.conn.exec_driver_sql(_UPSERT_BUCKETS, list(zip(*columns, strict=True)))
+
+    def _fetch_buckets(
+        self, window_start: pa.ChunkedArray, dimensions: pa.ChunkedArray
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        self.conn.exec_driver_sql(
+            "CREATE TEMP TABLE IF NOT EXISTS touched_sketches "
+            "(k INTEGER PRIMARY KEY, window_start DATETIME, dimensions VARCHAR)"
+        )
+        self.conn.exec_driver_sql("DELETE FROM touched_sketches")
+        keys = zip(
+            range(len(window_start)), _pylist(window_start), _pylist(dimensions), strict=True
+        )
+        self.conn.exec_driver_sql("INSERT INTO touched_sketches VALUES (?, ?, ?)", list(keys))
+        cursor = self.conn.connection.driver_connection.cursor()  # plain tuples, no Row objects
+        rows = cursor.execute(
+            # CROSS JOIN pins the loop order: touched keys outside, primary-key lookups inside.
+            "SELECT t.k, h.bucket, h.count FROM touched_sketches t "
+            "CROSS JOIN aggregate_histograms h ON h.histogram = ? "
+            "AND h.window_start = t.window_start "
+            "AND h.window_seconds = ? AND h.dimensions = t.dimensions",
+            (LATENCY_HISTOGRAM, WINDOW_SECONDS),
+        ).fetchall()
+        cursor.close()
+        found = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        return found[:, 0], found[:, 1], found[:, 2]
+
+    def _update_percentiles(self, keys: pa.Table, quantiles: npt.NDArray[np.float64]) -> None:
+        columns = [quantiles[:, i].tolist() for i in range(quantiles.shape[1])]
+        columns += [_pylist(keys[name]) for name in KEY_COLUMNS]
+        self.conn.exec_driver_sql(_UPDATE_PERCENTILES, list(zip(*columns, strict=True)))
 
 
 class SQLiteStore(SqlStore):

@@ -15,12 +15,12 @@ import pyarrow as pa
 from paymetrics.decode import Rejects
 from paymetrics.validate.base import Rule
 from paymetrics.validate.iso import CountryRule, CurrencyRule
-from paymetrics.validate.numbers import LatencyFiniteRule
+from paymetrics.validate.timestamps import OccurredAtRangeRule
 
 __all__ = ["DEFAULT_RULES", "RULES", "Rule", "resolve_rule", "resolve_rules", "validate"]
 
 RULES: dict[str, type[Rule]] = {
-    rule.name: rule for rule in (CurrencyRule, CountryRule, LatencyFiniteRule)
+    rule.name: rule for rule in (CurrencyRule, CountryRule, OccurredAtRangeRule)
 }
 DEFAULT_RULES: tuple[str, ...] = tuple(RULES)
 
