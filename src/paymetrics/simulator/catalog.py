@@ -122,8 +122,10 @@ DISPUTE_REASONS: Final = (
 )
 
 HOURLY_SHAPE: Final = np.array(
-    [0.45, 0.35, 0.30, 0.28, 0.30, 0.40, 0.60, 0.85, 1.10, 1.25, 1.35, 1.40]
-    + [1.45, 1.45, 1.40, 1.35, 1.30, 1.30, 1.35, 1.40, 1.30, 1.10, 0.85, 0.60],
+    [
+        *(0.45, 0.35, 0.30, 0.28, 0.30, 0.40, 0.60, 0.85, 1.10, 1.25, 1.35, 1.40),
+        *(1.45, 1.45, 1.40, 1.35, 1.30, 1.30, 1.35, 1.40, 1.30, 1.10, 0.85, 0.60),
+    ],
     np.float64,
 )
 """Relative arrival rate per UTC hour (night trough, afternoon and evening peaks)."""
@@ -158,10 +160,11 @@ class Merchants:
     p_decline: F64
     p_error: F64
     mcc: tuple[str, ...]
+    mcc_bytes: tuple[bytes, ...]
     p_metadata: F64
     sends_risk: Bools
     fragment: Objs
-    """Pre-rendered `"merchant_id":…,"currency":…` JSON members."""
+    """Pre-rendered `"merchant_id":…,"currency":…,"amount_minor":` (the amount follows)."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -221,7 +224,8 @@ def build_merchants(rng: np.random.Generator, n: int) -> Merchants:
     fragment = np.empty(n, dtype=object)
     for i, mid in enumerate(ids):
         schema = ',"schema_version":"1"' if sends_schema[i] else ""
-        fragment[i] = f'"merchant_id":"{mid}","currency":"{REGIONS[region[i]].currency}"{schema}'
+        cur = REGIONS[region[i]].currency
+        fragment[i] = f'"merchant_id":"{mid}","currency":"{cur}"{schema},"amount_minor":'.encode()
 
     return Merchants(
         ids=ids,
@@ -240,10 +244,18 @@ def build_merchants(rng: np.random.Generator, n: int) -> Merchants:
         p_decline=p_decline,
         p_error=p_error,
         mcc=mcc,
+        mcc_bytes=tuple(c.encode() for c in mcc),
         p_metadata=p_metadata,
         sends_risk=sends_risk,
         fragment=fragment,
     )
+
+
+def _bytes_table(items: list[str]) -> Objs:
+    """An object array of encoded members: fancy indexing picks one per event in C."""
+    out = np.empty(len(items), dtype=object)
+    out[:] = [s.encode() for s in items]
+    return out
 
 
 def _combo_table() -> Objs:
@@ -263,19 +275,17 @@ def _combo_table() -> Objs:
             for me in methods:
                 for ch in CHANNELS:
                     out.append(f',"event_type":"{et}"{st}{me},"channel":"{ch}"')
-    return np.array(out, dtype=object)
+    return _bytes_table(out)
 
 
 COMBO: Final = _combo_table()
 N_STATUS_CODES: Final = 2 + len(DECLINE_NAMES)
 """Status code used by COMBO: 0 approved, 1 error, 2 + i declined with DECLINE_NAMES[i]."""
 
-COUNTRY_FRAGMENTS: Final = np.array([*(f',"country":"{c}"' for c in COUNTRIES), ""], dtype=object)
+COUNTRY_FRAGMENTS: Final = _bytes_table([*(f',"country":"{c}"' for c in COUNTRIES), ""])
 """Index -1 (the last entry) renders no country."""
 
-RISK_FRAGMENTS: Final = np.array(
-    [*(f',"risk_score":{i / 1000!r}' for i in range(1000)), ""], object
-)
+RISK_FRAGMENTS: Final = _bytes_table([*(f',"risk_score":{i / 1000!r}' for i in range(1000)), ""])
 
 
 def luhn_check_digit(body: str) -> str:
