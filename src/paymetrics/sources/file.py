@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
+
 from paymetrics.sources.base import Checkpoint, RawBatch, Source
 
 __all__ = ["FileSource"]
@@ -47,37 +49,55 @@ class FileSource(Source):
         return open(path, "rb")
 
     def _read(self, path: str, max_events: int) -> Iterator[RawBatch]:
+        """Split whole blocks into lines in C; only batch boundaries are handled in Python."""
         start = self.checkpoints.get(path)
         line_no = start.position if start else 0
         offset = (start.byte_offset or 0) if start else 0
+        messages: list[bytes] = []
+        positions: list[int] = []
+        ends: list[int] = []  # byte offset just after each pending message
         with self._open(path) as handle:
             if offset:
                 handle.seek(offset)
-            messages: list[bytes] = []
-            positions: list[int] = []
             carry = b""
             while True:
                 block = handle.read(_READ_BYTES)
-                if not block:
-                    lines = [carry] if carry else []
-                    newline = 0  # the last line has no terminator
-                else:
+                if block:
                     lines = (carry + block).split(b"\n")
-                    carry = lines.pop()
-                    newline = 1
-                for line in lines:
-                    line_no += 1
-                    offset += len(line) + newline
-                    if line.strip():
-                        messages.append(line.removesuffix(b"\r"))
-                        positions.append(line_no)
-                    if len(messages) >= max_events:
-                        yield self._batch(path, messages, positions, line_no, offset)
-                        messages, positions = [], []
+                    carry = lines.pop()  # incomplete until the next block
+                    lengths = np.fromiter(map(len, lines), np.int64, len(lines)) + 1
+                else:  # end of file: a last line without a newline is still a message
+                    lines = [carry] if carry else []
+                    lengths = np.asarray([len(carry)] if carry else [], dtype=np.int64)
+                line_ends = offset + np.cumsum(lengths)
+                numbers = line_no + 1 + np.arange(len(lines), dtype=np.int64)
+                if lines:
+                    offset = int(line_ends[-1])
+                    line_no = int(numbers[-1])
+                keep = np.fromiter(map(len, map(bytes.strip, lines)), np.int64, len(lines)) > 0
+                if keep.all():
+                    kept = lines
+                else:
+                    kept = [lines[i] for i in np.flatnonzero(keep)]
+                has_cr = b"\r" in block if block else any(line.endswith(b"\r") for line in kept)
+                if has_cr:
+                    kept = [line.removesuffix(b"\r") for line in kept]
+                messages += kept
+                positions += numbers[keep].tolist()
+                ends += line_ends[keep].tolist()
+                while len(messages) >= max_events:
+                    yield self._batch(
+                        path,
+                        messages[:max_events],
+                        positions[:max_events],
+                        positions[max_events - 1],
+                        ends[max_events - 1],
+                    )
+                    del messages[:max_events], positions[:max_events], ends[:max_events]
                 if not block:
                     break
-            if messages:
-                yield self._batch(path, messages, positions, line_no, offset)
+        if messages:
+            yield self._batch(path, messages, positions, line_no, offset)
 
     def _batch(
         self, path: str, messages: list[bytes], positions: list[int], line_no: int, offset: int
