@@ -38,17 +38,18 @@ __all__ = [
 EXEMPT_KEYS: Final = frozenset({"event_id", "transaction_id"})
 """Top-level identifiers that are kept exactly as received."""
 
-# A maximal digit run with at least 13 digits. Scanning left to right, a match can
+# Maximal digit runs with at least 13 digits. Scanning left to right, a match can
 # only start at the first digit of a run (a shorter run has no 13-digit suffix) and
-# the greedy tail always ends where the run ends, so matches are exactly the
-# maximal runs of >= 13 digits. No backtracking blow-up: each step has one choice.
+# the greedy tail ends where the run ends, so the matches are exactly the maximal
+# runs of >= 13 digits. `_ROUGH` is a cheaper superset used to skip the common case.
 _PAN_RUN: Final = re.compile(r"[0-9](?:[ -]?[0-9]){12,}")
 _PAN_RUN_BYTES: Final = re.compile(rb"[0-9](?:[ -]?[0-9]){12,}")
+_ROUGH: Final = re.compile(r"[0-9][0-9 -]{11,}[0-9]")
+_ROUGH_BYTES: Final = re.compile(rb"[0-9][0-9 -]{11,}[0-9]")
 _DOUBLED: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 
-# One JSON string token or structural character (used by the token-level masker).
-# The possessive loop keeps it linear on unterminated strings.
-_JSON_TOKEN: Final = re.compile(rb'"(?:[^"\\]|\\.)*+"|[{}\[\],:]', re.DOTALL)
+# One JSON string token or structural character, for the token-level masker.
+_JSON_TOKEN: Final = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"|[{}\[\],:]', re.DOTALL)
 _TOKEN_HINT: Final = re.compile(rb"[0-9]|\\u")
 
 
@@ -60,8 +61,8 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _masked_digits(run: str) -> str | None:
-    """The masked form of one maximal run, or None if it is not a PAN."""
+def _masked_run(run: str) -> str | None:
+    """The masked form of one maximal run of >= 13 digits, or None if it is not a PAN."""
     digits = run.replace(" ", "").replace("-", "")
     if len(digits) > 19 or not luhn_valid(digits):
         return None
@@ -69,12 +70,14 @@ def _masked_digits(run: str) -> str | None:
 
 
 def mask_text(text: str) -> tuple[str, int]:
-    """Mask every PAN in `text`; return the masked text and how many PANs were masked."""
+    """Mask every PAN in `text`; return the masked text (`text` itself if none) and the count."""
+    if len(text) < 13 or not _ROUGH.search(text):
+        return text, 0
     count = 0
 
     def replace(match: re.Match[str]) -> str:
         nonlocal count
-        masked = _masked_digits(match.group())
+        masked = _masked_run(match.group())
         if masked is None:
             return match.group()
         count += 1
@@ -86,11 +89,13 @@ def mask_text(text: str) -> tuple[str, int]:
 
 def mask_bytes(raw: bytes) -> tuple[bytes, int]:
     """Mask every PAN in raw bytes (any ASCII-compatible encoding); `raw` itself if none."""
+    if len(raw) < 13 or not _ROUGH_BYTES.search(raw):
+        return raw, 0
     count = 0
 
     def replace(match: re.Match[bytes]) -> bytes:
         nonlocal count
-        masked = _masked_digits(match.group().decode("ascii"))
+        masked = _masked_run(match.group().decode("ascii"))
         if masked is None:
             return match.group()
         count += 1
@@ -103,10 +108,10 @@ def mask_bytes(raw: bytes) -> tuple[bytes, int]:
 def mask_value(value: Any, *, exempt_keys: frozenset[str] = frozenset()) -> tuple[Any, int]:
     """Mask PANs in every string and object key of a decoded JSON value.
 
-    `exempt_keys` are object keys whose values are kept as they are; they apply to
-    this (top) level only. Returns the value itself when nothing was masked.
-    Should two keys of one object become equal by masking, the later one wins
-    (as with duplicate keys in JSON).
+    Values of the keys in `exempt_keys` are kept as they are; the exemption applies
+    to this (top) level only. Returns `value` itself when nothing was masked. Should
+    two keys of one object become equal by masking, the later member wins, as with
+    duplicate keys in JSON.
     """
     if isinstance(value, str):
         return mask_text(value)
@@ -135,69 +140,79 @@ def mask_value(value: Any, *, exempt_keys: frozenset[str] = frozenset()) -> tupl
     return value, 0
 
 
+def _count_keys(value: Any) -> int:
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            total += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return total
+
+
+def _maybe_duplicate_keys(raw: bytes, value: Any) -> bool:
+    """False only if the JSON text `raw`, which decoded to `value`, has no duplicate keys.
+
+    Outside strings, valid JSON has one colon per object member; a duplicate key
+    makes the decoded value hold fewer keys than that.
+    """
+    if b'\\"' in raw:
+        return True  # quotes inside strings: splitting at quotes would not find the strings
+    outside = b"".join(raw.split(b'"')[::2])
+    return outside.count(b":") != _count_keys(value)
+
+
 def _mask_json_tokens(raw: bytes, exempt_keys: frozenset[str]) -> tuple[bytes, int]:
     """Mask every JSON string token of `raw` in place, leaving all other bytes as they are.
 
-    The fallback for what decode/re-encode cannot handle: duplicate keys (the decoder
-    keeps the last member, so a PAN in a shadowed one would otherwise survive in the
-    raw bytes) and nesting too deep for recursion. Only the last member of an exempt
-    top-level key is exempt, matching the decoded view. Returns `raw` itself if no
-    PAN was found.
+    The fallback for what decoding and re-encoding cannot do: a member shadowed by a
+    duplicate key (the decoder keeps only the last one, but the raw bytes keep both)
+    and nesting too deep for recursion. Values of exempt keys of the top-level object
+    are left alone (every occurrence). Returns `raw` itself if no PAN was found.
     """
     depth = 0
-    top_object = False
-    expect_key = False
+    top_object = expect_key = in_exempt = False
     key = ""
-    member = 0
-    exempt_member: tuple[str, int] | None = None
-    last_exempt: dict[str, int] = {}
-    # (start, end, replacement, PANs, exempt member the token belongs to)
-    edits: list[tuple[int, int, bytes, int, tuple[str, int] | None]] = []
+    pieces: list[bytes] = []
+    position = count = 0
     for match in _JSON_TOKEN.finditer(raw):
         token = match.group()
         first = token[0]
         if first == 0x22:  # '"'
             is_key = top_object and depth == 1 and expect_key
+            if in_exempt and not is_key:
+                continue
             if not is_key and not _TOKEN_HINT.search(token):
                 continue
             try:
                 text = msgspec.json.decode(token)
-            except (ValueError, RecursionError):
+            except ValueError:
                 continue
             if not isinstance(text, str):
                 continue
             if is_key:
-                member += 1
                 key = text
                 expect_key = False
             masked, n = mask_text(text)
             if n:
-                replacement = msgspec.json.encode(masked)
-                edits.append((match.start(), match.end(), replacement, n, exempt_member))
+                pieces += (raw[position : match.start()], msgspec.json.encode(masked))
+                position = match.end()
+                count += n
         elif first in b"{[":
             if depth == 0 and first == 0x7B:  # '{'
                 top_object = expect_key = True
             depth += 1
         elif first in b"}]":
             depth -= 1
-            if depth == 0:
-                exempt_member = None
         elif top_object and depth == 1:
             if first == 0x2C:  # ','
                 expect_key = True
-                exempt_member = None
-            elif key in exempt_keys:  # ':' after an exempt key
-                exempt_member = (key, member)
-                last_exempt[key] = member
-    pieces: list[bytes] = []
-    count = 0
-    position = 0
-    for start, end, replacement, n, owner in edits:
-        if owner is not None and last_exempt[owner[0]] == owner[1]:
-            continue
-        pieces += (raw[position:start], replacement)
-        position = end
-        count += n
+                in_exempt = False
+            else:  # ':'
+                in_exempt = key in exempt_keys
     if not count:
         return raw, 0
     pieces.append(raw[position:])
@@ -214,8 +229,8 @@ def mask_message(raw: bytes) -> tuple[bytes, int]:
     try:
         value = msgspec.json.decode(raw)
     except RecursionError:
-        # Valid or not, too deep to decode: mask string tokens (escapes decoded),
-        # then whatever digit runs remain anywhere, as for any unparsable message.
+        # Too deep to decode, valid or not: mask the string tokens (escapes decoded),
+        # then whatever runs remain anywhere, as for any message that does not parse.
         tokens_masked, n_tokens = _mask_json_tokens(raw, frozenset())
         masked_raw, n_raw = mask_bytes(tokens_masked)
         return masked_raw, n_tokens + n_raw
@@ -226,108 +241,133 @@ def mask_message(raw: bytes) -> tuple[bytes, int]:
         masked, count = mask_value(value, exempt_keys=exempt)
         if count:
             return msgspec.json.encode(masked), count
+        if not _maybe_duplicate_keys(raw, value):
+            return raw, 0
     except RecursionError:
         pass
-    # Nothing to mask in the decoded value; the raw bytes can still hide a PAN in a
-    # member shadowed by a duplicate key. This returns `raw` itself when they don't.
     return _mask_json_tokens(raw, exempt)
 
 
 # --- the vectorized prefilter ------------------------------------------------------
+#
+# Patterns are RE2 (pyarrow.compute) and run on the raw bytes (pyarrow matches binary
+# arrays byte by byte), so a message that is not UTF-8 needs no special path.
 
 _RUN13: Final = r"[0-9](?:[ -]?[0-9]){12}"
-_ANY_STRING: Final = r'"(?:[^"\\]|\\.)*"'
-_DIGIT_ESCAPE: Final = r"\\u00(?:3[0-9]|20|2[dD])"
+_DIGIT_ESCAPE: Final = r"\\u00(?:3[0-9]|20|2[dD])"  # decodes to a digit, space or dash
 
-_IN_STRING_OR_ESCAPE: Final = (
-    # complete tokens outside strings and complete strings, then an open string
-    # holding 13 digits; or a \u escape that decodes to a digit, space or dash
-    rf"(?s)\A(?:[^\"]|{_ANY_STRING})*\"(?:[^\"\\]|\\.)*{_RUN13}|{_DIGIT_ESCAPE}"
-)
-"""Matches every JSON message in which decoding can yield a 13-digit run in a string."""
+_MAYBE: Final = rf"{_RUN13}|{_DIGIT_ESCAPE}"
+"""Stage 1, on every message: anything masking could change has 13 digits or an escape."""
 
-_ANYWHERE: Final = rf"{_RUN13}|{_DIGIT_ESCAPE}"
-"""Matches every message, JSON or not, that masking can change (a superset)."""
+_WS: Final = r"[ \t\n\r]*"
+_STR: Final = r'"(?:[^"\\]|\\.)*"'  # a complete string token
+_OPEN: Final = rf'"(?:[^"\\]|\\.)*{_RUN13}'  # a string token holding 13 digits (a hit)
+_OUT: Final = r'[^"\[\]{}]'  # outside strings, not a bracket
+_NESTING: Final = 8  # deeper containers count as hits
 
 
-def _json_pattern(levels: int) -> str:
-    """RE2 for JSON texts nested at most `levels` deep that msgspec surely decodes.
+def _string_except(words: frozenset[str]) -> str:
+    """RE2 for a JSON string token whose raw content is none of `words` (a trie complement)."""
+    char = r'(?:[^"\\]|\\.)'
 
-    A strict subset of what `msgspec.json.decode` accepts: no control characters or
-    lone surrogates in strings, integer parts of at most 19 digits, exponents of at
-    most two digits (so no number is out of range).
+    def rest(prefix: str) -> str:  # the content after `prefix`, a prefix of some word
+        following = sorted({w[len(prefix)] for w in words if w.startswith(prefix) and w != prefix})
+        others = "".join(re.escape(c) for c in following)
+        alternatives = [rf'(?:[^"\\{others}]|\\.){char}*']  # leaves every word here
+        alternatives += [re.escape(c) + rest(prefix + c) for c in following]
+        if prefix not in words:
+            alternatives.append("")  # ends as a proper prefix
+        return "(?:" + "|".join(alternatives) + ")"
+
+    return f'"{rest("")}"'
+
+
+def _hit_pattern(nesting: int) -> str:
+    """RE2 that matches valid JSON if a string holds 13 digits, except exempt top-level values.
+
+    The text is tokenized from the start: every quote opens or closes a complete
+    string, brackets are counted up to `nesting` levels (deeper counts as a hit). In
+    the top-level object, members are walked one by one so that the value of an
+    exempt key is known as such.
     """
-    ws = r"[ \t\n\r]*"
-    string = (
-        r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u(?:[0-9a-cA-Ce-fE-F][0-9a-fA-F]{3}'
-        r"|[dD][0-7][0-9a-fA-F]{2}|[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}))*\""
+    skip: dict[int, str] = {}  # a complete container whose contents are at depth k
+    for k in range(nesting, 1, -1):
+        inner = rf"{_OUT}|{_STR}" + (f"|{skip[k + 1]}" if k < nesting else "")
+        skip[k] = rf"[\[{{](?:{inner})*[\]}}]"
+    hit: dict[int, str] = {nesting + 1: ""}  # at depth k, a hit lies ahead
+    for k in range(nesting, 0, -1):
+        inner = rf"{_OUT}|{_STR}" + (f"|{skip[k + 1]}" if k < nesting else "")
+        hit[k] = rf"(?:{inner})*(?:{_OPEN}|[\[{{]{hit[k + 1]})"
+    value = rf"(?:{_STR}|[^\"\[\]{{}},:]*|{skip[2]})"
+    member = rf"{_STR}{_WS}:{_WS}{value}{_WS}"
+    not_exempt = _string_except(EXEMPT_KEYS)
+    in_object = (
+        rf"{_WS}(?:{member},{_WS})*"
+        rf"(?:{_OPEN}|{not_exempt}{_WS}:{_WS}{_OPEN}|{_STR}{_WS}:{_WS}[\[{{]{hit[2]})"
     )
-    number = r"-?(?:0|[1-9][0-9]{0,18})(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,2})?"
-    value = rf"(?:{string}|{number}|true|false|null)"
-    for _ in range(levels):
-        member = rf"{string}{ws}:{ws}{value}{ws}"
-        element = rf"{value}{ws}"
-        value = (
-            rf"(?:{string}|{number}|true|false|null"
-            rf"|\{{{ws}(?:{member}(?:,{ws}{member})*)?\}}"
-            rf"|\[{ws}(?:{element}(?:,{ws}{element})*)?\])"
-        )
-    return rf"\A{ws}{value}{ws}\z"
+    return rf"\A{_WS}(?:{_OPEN}|\[{hit[1]}|\{{{in_object})"
 
 
-_JSON_LEVELS: Final = 4
-_SURELY_JSON: Final = _json_pattern(_JSON_LEVELS)
-"""Matches only messages that `mask_message` handles as JSON."""
+_BIG_NUMBER: Final = rf"\A(?:[^\"]|{_STR})*(?:[0-9]{{20}}|[0-9][eE][+-]?[0-9]{{3}})"
+"""Outside strings, an integer part or exponent long enough to need a real parse."""
+
+_CHANGES_IF_JSON: Final = f"(?s){_hit_pattern(_NESTING)}|{_DIGIT_ESCAPE}|{_BIG_NUMBER}"
+"""Stage 2, on stage-1 hits: if the message is JSON, masking can change it only if this
+matches (or `_BIG_NUMBER` says the cheap JSON check below cannot be trusted)."""
+
+class _AnyObject(msgspec.Struct):
+    """Decoding target that skips every member: checks JSON syntax without building objects."""
+
+
+_SKIPPING_DECODER: Final = msgspec.json.Decoder(_AnyObject)
+
+
+def _surely_json(message: bytes) -> bool:
+    """True only if `msgspec.json.decode(message)` surely succeeds, given stage 2 did not match.
+
+    Skipping checks the syntax but neither UTF-8 (checked here) nor number ranges
+    (ruled out by `_BIG_NUMBER` in stage 2). Valid JSON nested deeper than
+    `_NESTING` matches stage 2, so the real decode is far from the recursion limit.
+    A top level that is not an object says False.
+    """
+    try:
+        _SKIPPING_DECODER.decode(message)
+        if not message.isascii():
+            message.decode("utf-8")
+    except (ValueError, RecursionError):  # msgspec.DecodeError, UnicodeDecodeError, ...
+        return False
+    return True
 
 
 def candidates(messages: list[bytes]) -> npt.NDArray[np.bool_]:
     """True for every message that `mask_message` might change; False means surely not.
 
-    A message can only change if a 13-digit run or an escaped digit/space/dash
-    appears somewhere (`_ANYWHERE`). If it is JSON that msgspec decodes, only runs
-    inside strings and escapes matter (`_IN_STRING_OR_ESCAPE`); whether it is such
-    JSON is checked by `_SURELY_JSON`, and when unsure the message is a candidate.
-    Messages that are not UTF-8 are always candidates.
+    Stage 1 (all messages): no 13-digit run and no escaped digit anywhere, no change.
+    Stage 2 (the rest): JSON can only change if a string other than a top-level
+    identifier holds 13 digits or an escaped digit. Whatever is not surely JSON
+    (one decode each, for the few that get here) is a candidate.
     """
     result = np.zeros(len(messages), dtype=np.bool_)
     if not messages:
         return result
     array = pa.array(messages, type=pa.binary())
-    try:
-        texts = array.cast(pa.string())
-        utf8 = None
-    except pa.ArrowInvalid:
-        utf8 = np.fromiter((_is_utf8(m) for m in messages), dtype=np.bool_, count=len(messages))
-        result[~utf8] = True
-        texts = array.filter(pa.array(utf8)).cast(pa.string())
-    maybe = _matches(texts, _ANYWHERE)
-    hits = np.flatnonzero(maybe)
-    if len(hits):
-        subset = texts.take(pa.array(hits))
-        in_string = _matches(subset, _IN_STRING_OR_ESCAPE)
-        surely_json = _matches(subset, _SURELY_JSON)
-        maybe[hits] = in_string | ~surely_json
-    if utf8 is None:
-        return maybe
-    result[utf8] = maybe
+    hits = np.flatnonzero(_matches(array, _MAYBE))
+    if not hits.size:
+        return result
+    changes_if_json = _matches(array.take(pa.array(hits)), _CHANGES_IF_JSON)
+    result[hits[changes_if_json]] = True
+    for i in hits[~changes_if_json].tolist():
+        result[i] = not _surely_json(messages[i])
     return result
 
 
-def _matches(texts: Any, pattern: str) -> npt.NDArray[np.bool_]:
-    matched = pc.match_substring_regex(texts, pattern)
+def _matches(array: Any, pattern: str) -> npt.NDArray[np.bool_]:
+    matched = pc.match_substring_regex(array, pattern)
     return np.asarray(matched.to_numpy(zero_copy_only=False), dtype=np.bool_)
 
 
-def _is_utf8(message: bytes) -> bool:
-    try:
-        message.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def mask_batch(messages: list[bytes]) -> tuple[list[bytes], npt.NDArray[np.int64]]:
-    """Mask a batch: messages (the same objects where nothing was masked) and PANs per message."""
+    """Mask a batch: the messages (the same objects where nothing was masked), PANs per message."""
     masked = list(messages)
     counts = np.zeros(len(messages), dtype=np.int64)
     for i in np.flatnonzero(candidates(messages)).tolist():

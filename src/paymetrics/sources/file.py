@@ -75,10 +75,7 @@ class FileSource(Source):
                     offset = int(line_ends[-1])
                     line_no = int(numbers[-1])
                 keep = np.fromiter(map(len, map(bytes.strip, lines)), np.int64, len(lines)) > 0
-                if keep.all():
-                    kept = lines
-                else:
-                    kept = [lines[i] for i in np.flatnonzero(keep)]
+                kept = lines if keep.all() else [lines[i] for i in np.flatnonzero(keep)]
                 has_cr = b"\r" in block if block else any(line.endswith(b"\r") for line in kept)
                 if has_cr:
                     kept = [line.removesuffix(b"\r") for line in kept]
