@@ -100,13 +100,19 @@ def _utf8_problem(message: bytes) -> str:
     return "not valid UTF-8"  # pragma: no cover - msgspec and Python agree on UTF-8
 
 
-def invalid_utf8(messages: list[bytes]) -> npt.NDArray[np.bool_]:
-    """True for each message that is not valid UTF-8 (one vectorized pass when all are)."""
+def as_text(messages: list[bytes]) -> tuple[pa.StringArray, npt.NDArray[np.bool_]]:
+    """The messages as one Arrow string array, and which of them are not valid UTF-8.
+
+    One vectorized conversion when every message is valid (the common case);
+    invalid ones become empty strings in the array.
+    """
+    binary = pa.array(messages, pa.binary())
     try:
-        pa.array(messages, pa.binary()).cast(pa.string())
+        return binary.cast(pa.string()), np.zeros(len(messages), dtype=bool)
     except pa.ArrowInvalid:
-        return np.fromiter((not _is_utf8(m) for m in messages), bool, len(messages))
-    return np.zeros(len(messages), dtype=bool)
+        bad = np.fromiter((not _is_utf8(m) for m in messages), bool, len(messages))
+        cleaned = [b"" if b else m for m, b in zip(messages, bad, strict=True)]
+        return pa.array(cleaned, pa.binary()).cast(pa.string()), bad
 
 
 def _is_utf8(message: bytes) -> bool:
@@ -128,22 +134,26 @@ def _schema_version_problem(message: bytes) -> str | None:
     return None
 
 
-def decode(messages: list[bytes], raw_sizes: list[int], rejects: Rejects) -> Decoded:
+def decode(
+    messages: list[bytes],
+    raw_sizes: list[int],
+    bad_utf8: npt.NDArray[np.bool_],
+    rejects: Rejects,
+) -> Decoded:
     """Decode each (already masked) message; failures go to `rejects`.
 
     `raw_sizes` are the sizes as received: the 1 MiB limit applies before masking,
-    which may shorten a message.
+    which may shorten a message. `bad_utf8` comes from `as_text`: msgspec skips
+    unknown fields without checking their encoding, so it is checked up front.
     """
     events: list[PaymentEvent] = []
     index: list[int] = []
     decode_one = _DECODER.decode
-    bad_utf8 = invalid_utf8(messages)
     for i, message in enumerate(messages):
         if raw_sizes[i] > MAX_EVENT_BYTES:
             rejects.add(i, Reason.TOO_LARGE, f"message: {raw_sizes[i]} bytes, over the 1 MiB limit")
             continue
         if bad_utf8[i]:
-            # msgspec skips unknown fields without checking them; the archive would not.
             rejects.add(i, Reason.INVALID_ENCODING, f"message: {_utf8_problem(message)}")
             continue
         try:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from paymetrics.archive.parquet import ARCHIVE_SCHEMA, ParquetArchive
-from paymetrics.decode import Rejects, decode
+from paymetrics.decode import Rejects, as_text, decode
 from paymetrics.events import MAX_EVENT_BYTES, Reason
 from paymetrics.mask import mask_batch
 from paymetrics.metrics.payment_5m import aggregate
@@ -161,7 +161,8 @@ class Pipeline:
         masked, pan_counts = mask_batch(batch.messages)
         clock.lap("mask")
         rejects = Rejects()
-        decoded = decode(masked, [len(m) for m in batch.messages], rejects)
+        text, bad_utf8 = as_text(masked)
+        decoded = decode(masked, [len(m) for m in batch.messages], bad_utf8, rejects)
         clock.lap("decode")
         positions = np.asarray(batch.positions, dtype=np.int64)
         table = normalize(decoded.events, decoded.index, positions, pan_counts)
@@ -170,7 +171,7 @@ class Pipeline:
         table, watermark = self._lateness(table, state.watermark_us, rejects)
         clock.lap("validate")
         if self.archive is not None:
-            self._archive(batch, table, masked)
+            self._archive(batch, table, text)
         clock.lap("archive")
         unique = table.filter(pa.array(_first_occurrences(table["event_id"])))
         order = sorted(range(len(rejects)), key=rejects.index.__getitem__)
@@ -253,10 +254,10 @@ class Pipeline:
             )
         return table.filter(pa.array(~late)), watermark
 
-    def _archive(self, batch: RawBatch, table: pa.Table, masked: list[bytes]) -> None:
+    def _archive(self, batch: RawBatch, table: pa.Table, text: pa.StringArray) -> None:
         assert self.archive is not None
         index = table["message_index"]
-        payload = pa.array(masked, pa.binary()).take(index).cast(pa.string())
+        payload = text.take(index)
         rows = pa.table(
             {
                 "event_id": table["event_id"],
@@ -264,8 +265,8 @@ class Pipeline:
                 "transaction_id": table["transaction_id"],
                 "merchant_id": table["merchant_id"],
                 "occurred_at": table["occurred_at"],
-                "source_id": pa.array([batch.source_id] * table.num_rows, pa.string()),
-                "partition": pa.array([batch.partition] * table.num_rows, pa.string()),
+                "source_id": _repeat(batch.source_id, table.num_rows),
+                "partition": _repeat(batch.partition, table.num_rows),
                 "position": table["source_position"],
                 "pan_exposure": table["pan_exposure"],
                 "payload": payload,
@@ -279,6 +280,12 @@ class Pipeline:
             first_position=batch.positions[0],
             last_position=batch.positions[-1],
         )
+
+
+def _repeat(value: str, n: int) -> pa.Array:
+    """A constant string column without n Python references (dictionary-decoded)."""
+    indices = pa.array(np.zeros(n, dtype=np.int32))
+    return pa.DictionaryArray.from_arrays(indices, pa.array([value])).dictionary_decode()
 
 
 class _Stopwatch:

@@ -35,6 +35,8 @@ ARCHIVE_SCHEMA = pa.schema(
     ]
 )
 _US_PER_HOUR = 3_600_000_000
+_DICTIONARY_COLUMNS = ["event_type", "merchant_id", "source_id", "partition"]
+_STATISTICS_COLUMNS = ["event_type", "merchant_id", "occurred_at", "position", "pan_exposure"]
 
 
 def _short(text: str) -> str:
@@ -74,7 +76,15 @@ class ParquetArchive:
             tmp = f"{folder}/.{name}.tmp"
             self.fs.makedirs(folder, exist_ok=True)
             with self.fs.open(tmp, "wb") as handle:
-                pq.write_table(part, handle, compression="zstd")
+                pq.write_table(
+                    part,
+                    handle,
+                    compression="zstd",
+                    # Dictionaries and min/max statistics pay off only on repetitive,
+                    # short columns; on payloads and ids they cost time for nothing.
+                    use_dictionary=_DICTIONARY_COLUMNS,
+                    write_statistics=_STATISTICS_COLUMNS,
+                )
             self.fs.mv(tmp, path)
             paths.append(path)
         return paths
