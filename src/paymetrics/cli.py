@@ -175,6 +175,7 @@ def execute_run(
 
             pipeline = Pipeline(store, archive, options)
             stats = pipeline.run(source, on_batch=advance, should_stop=stop)
+        totals = store.table_counts()
     finally:
         store.close()
     return {
@@ -187,6 +188,7 @@ def execute_run(
         "dead_lettered": stats.dead_lettered,
         "batches": stats.batches,
         "metric_rows_touched": stats.metric_rows_touched,
+        "tables": totals,
         "approval_rate": stats.approval_rate,
         "elapsed_seconds": stats.elapsed_seconds,
         "events_per_second": stats.events_per_second,
@@ -203,7 +205,12 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("normalized (new events stored)", f"{summary['normalized']:,}"),
         ("duplicates", f"{summary['duplicates']:,}"),
         ("dead-lettered", f"{summary['dead_lettered']:,}"),
-        ("metric windows written", f"{summary['metric_rows_touched']:,} row updates"),
+        (
+            "windows written",
+            f"{summary['metric_rows_touched']:,} metric row updates; the database now holds "
+            f"{summary['tables']['payment_metrics_5m']:,} rows over "
+            f"{summary['tables']['windows']:,} five-minute windows",
+        ),
         ("overall approval rate", "n/a" if rate is None else f"{rate:.2%}"),
         ("time taken", f"{summary['elapsed_seconds']:.2f} s"),
         ("throughput", f"{summary['events_per_second']:,.0f} events/s"),

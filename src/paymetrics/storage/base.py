@@ -107,4 +107,8 @@ class Store(abc.ABC):
         """A transaction that commits when the block ends without an exception."""
 
     @abc.abstractmethod
+    def table_counts(self) -> dict[str, int]:
+        """Rows per table, plus `windows`: distinct window_start in payment_metrics_5m."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...

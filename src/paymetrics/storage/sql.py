@@ -32,8 +32,11 @@ from paymetrics.storage.base import (
     Transaction,
 )
 from paymetrics.storage.tables import (
+    aggregate_histograms,
     failed_items,
     ingest_batches,
+    normalized_transactions,
+    payment_metrics_5m,
     source_checkpoints,
 )
 
@@ -229,6 +232,17 @@ class SqlStore(Store):
     def transaction(self) -> Iterator[Transaction]:
         with self.engine.begin() as conn:
             yield self.transaction_class(conn, self.clock)
+
+    def table_counts(self) -> dict[str, int]:
+        tables = (normalized_transactions, failed_items, payment_metrics_5m, aggregate_histograms)
+        with self.engine.connect() as conn:
+            counts = {
+                t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+                for t in tables
+            }
+            windows = sa.select(sa.func.count(sa.distinct(payment_metrics_5m.c.window_start)))
+            counts["windows"] = int(conn.execute(windows).scalar_one())
+        return counts
 
     def close(self) -> None:
         self.engine.dispose()
