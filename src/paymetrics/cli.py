@@ -100,9 +100,11 @@ def fatal_errors() -> Iterator[None]:
     """Turn expected failures into one clear line on stderr and exit code 2."""
     import sqlalchemy as sa
 
+    from paymetrics.storage.base import CheckpointConflict
+
     try:
         yield
-    except (Fatal, ValueError, FileNotFoundError) as error:
+    except (Fatal, ValueError, FileNotFoundError, CheckpointConflict) as error:
         console.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(2) from None
     except sa.exc.OperationalError as error:

@@ -134,6 +134,28 @@ def _schema_version_problem(message: bytes) -> str | None:
     return None
 
 
+_BYTE = re.compile(r"\(byte (\d+)\)")
+
+
+def _encoding_problem(message: bytes) -> tuple[Reason, str]:
+    """Invalid UTF-8: reported as such unless a JSON syntax error comes before it."""
+    try:
+        message.decode("utf-8")
+    except UnicodeDecodeError as error:
+        bad_at = error.start
+    else:  # pragma: no cover - only called for invalid UTF-8
+        bad_at = len(message)
+    try:
+        msgspec.json.decode(message)
+    except msgspec.DecodeError as error:
+        syntax_at = _BYTE.search(str(error))
+        if syntax_at and int(syntax_at.group(1)) < bad_at:
+            return Reason.INVALID_JSON, f"message: not valid JSON ({error})"
+    except (UnicodeDecodeError, RecursionError):
+        pass
+    return Reason.INVALID_ENCODING, f"message: not valid UTF-8 at byte {bad_at}"
+
+
 def decode(
     messages: list[bytes],
     raw_sizes: list[int],
@@ -154,7 +176,8 @@ def decode(
             rejects.add(i, Reason.TOO_LARGE, f"message: {raw_sizes[i]} bytes, over the 1 MiB limit")
             continue
         if bad_utf8[i]:
-            rejects.add(i, Reason.INVALID_ENCODING, f"message: {_utf8_problem(message)}")
+            reason, text = _encoding_problem(message)
+            rejects.add(i, reason, text)
             continue
         try:
             events.append(decode_one(message))

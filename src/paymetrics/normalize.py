@@ -1,8 +1,9 @@
 """Turn decoded events into one Arrow table of normalized columns.
 
 Normalization is what the contract promises downstream: currency and country
-upper-case (ASCII only: 'uſd' must not become 'USD'), `occurred_at` in UTC, `decline_code` = 'unknown' for a decline that
-gave none, and the 5-minute `window_start` of each event.
+upper-case (ASCII only: 'uſd' must not become 'USD'), `occurred_at` in UTC,
+`decline_code` = 'unknown' for a decline that gave none, and the 5-minute
+`window_start` of each event.
 """
 
 from __future__ import annotations

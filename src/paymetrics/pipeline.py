@@ -1,7 +1,7 @@
 """The pipeline: wires the stages for one batch at a time. It does no I/O of its own.
 
-Per batch: mask → decode → normalize → validate → lateness → in-batch de-dup →
-raw archive → one store transaction (dead letters, new events, metric partials,
+Per batch: mask → decode → normalize → validate → lateness → raw archive →
+in-batch de-dup → one store transaction (dead letters, new events, metric partials,
 checkpoint) → acknowledge the source. Every non-blank message ends up exactly
 once as a stored event, a duplicate, or a dead letter; `BatchReport` counts them.
 """
@@ -141,7 +141,7 @@ class Pipeline:
             stats.stage_seconds["read"] += time.perf_counter() - t0
             if batch is None:
                 break
-            state = states.get(batch.partition) or PartitionState(batch.partition, 0, None, None)
+            state = states.get(batch.partition)
             report, states[batch.partition] = self.process(batch, state, stats.stage_seconds)
             source.ack(batch)
             stats.add(report)
@@ -153,10 +153,14 @@ class Pipeline:
     def process(
         self,
         batch: RawBatch,
-        state: PartitionState,
+        previous: PartitionState | None,
         timings: dict[str, float] | None = None,
     ) -> tuple[BatchReport, PartitionState]:
-        """Process and store one batch; returns its report and the partition's new state."""
+        """Process and store one batch; returns its report and the partition's new state.
+
+        `previous` is the partition's stored state (None before its first batch).
+        """
+        state = previous or PartitionState(batch.partition, 0, None, None)
         clock = _Stopwatch(timings)
         masked, pan_counts = mask_batch(batch.messages)
         clock.lap("mask")
@@ -208,7 +212,7 @@ class Pipeline:
                 duplicates=state.duplicates + counts.duplicates,
                 dead_lettered=state.dead_lettered + counts.dead_lettered,
             )
-            tx.finish_batch(batch_id, batch.source_id, new_state, counts)
+            tx.finish_batch(batch_id, batch.source_id, previous, new_state, counts)
         clock.lap("store")
         rows = partials.rows
         report = BatchReport(

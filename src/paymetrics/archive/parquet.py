@@ -71,7 +71,7 @@ class ParquetArchive:
         for hour in np.unique(hours):
             part = rows.filter(pa.array(hours == hour))
             start = pc.min(part["occurred_at"]).as_py()
-            folder = f"{self.root}/date={start:%Y-%m-%d}/hour={start:%H}"
+            folder = f"{self.root}/date={start.year:04d}-{start:%m-%d}/hour={start:%H}"
             path = f"{folder}/{name}"
             tmp = f"{folder}/.{name}.tmp"
             self.fs.makedirs(folder, exist_ok=True)

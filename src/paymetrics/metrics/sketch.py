@@ -94,6 +94,8 @@ def grouped_quantiles(
     One sort and one cumulative sum for all groups: no Python loop per sketch.
     """
     out = np.full((n_groups, len(qs)), np.nan)
+    counted = count > 0
+    group, bucket, count = group[counted], bucket[counted], count[counted]
     if len(group) == 0:
         return out
     order = np.lexsort((bucket, group))

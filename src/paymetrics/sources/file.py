@@ -51,8 +51,10 @@ class FileSource(Source):
     def _read(self, path: str, max_events: int) -> Iterator[RawBatch]:
         """Split whole blocks into lines in C; only batch boundaries are handled in Python."""
         start = self.checkpoints.get(path)
-        line_no = start.position if start else 0
-        offset = (start.byte_offset or 0) if start else 0
+        seekable = start is not None and start.byte_offset is not None
+        line_no = start.position if start and seekable else 0
+        offset = (start.byte_offset or 0) if start and seekable else 0
+        skip_through = start.position if start and not seekable else 0  # re-read, then skip
         messages: list[bytes] = []
         positions: list[int] = []
         ends: list[int] = []  # byte offset just after each pending message
@@ -62,6 +64,7 @@ class FileSource(Source):
             carry = b""
             while True:
                 block = handle.read(_READ_BYTES)
+                has_cr = b"\r" in block or carry.endswith(b"\r")
                 if block:
                     lines = (carry + block).split(b"\n")
                     carry = lines.pop()  # incomplete until the next block
@@ -75,8 +78,9 @@ class FileSource(Source):
                     offset = int(line_ends[-1])
                     line_no = int(numbers[-1])
                 keep = np.fromiter(map(len, map(bytes.strip, lines)), np.int64, len(lines)) > 0
+                if skip_through:
+                    keep &= numbers > skip_through
                 kept = lines if keep.all() else [lines[i] for i in np.flatnonzero(keep)]
-                has_cr = b"\r" in block if block else any(line.endswith(b"\r") for line in kept)
                 if has_cr:
                     kept = [line.removesuffix(b"\r") for line in kept]
                 messages += kept

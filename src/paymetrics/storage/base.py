@@ -19,7 +19,18 @@ import pyarrow as pa
 
 from paymetrics.metrics.payment_5m import Partials
 
-__all__ = ["BatchCounts", "DeadLetters", "PartitionState", "Store", "Transaction"]
+__all__ = [
+    "BatchCounts",
+    "CheckpointConflict",
+    "DeadLetters",
+    "PartitionState",
+    "Store",
+    "Transaction",
+]
+
+
+class CheckpointConflict(RuntimeError):
+    """Another run moved this partition's checkpoint since we read it: we must not commit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +93,16 @@ class Transaction(abc.ABC):
         self,
         batch_id: int,
         source_id: str,
+        previous: PartitionState | None,
         state: PartitionState,
         counts: BatchCounts,
     ) -> None:
-        """Store the batch's counts and the partition's new checkpoint."""
+        """Store the batch's counts and move the partition's checkpoint from `previous` to `state`.
+
+        A compare-and-swap: if the stored checkpoint is no longer `previous` (None: no
+        row yet), another run got there first and `CheckpointConflict` is raised, so
+        the transaction rolls back instead of counting the same messages twice.
+        """
 
 
 class Store(abc.ABC):

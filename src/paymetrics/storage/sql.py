@@ -26,6 +26,7 @@ from paymetrics.metrics.windows import from_epoch_us, to_epoch_us
 from paymetrics.storage import migrate
 from paymetrics.storage.base import (
     BatchCounts,
+    CheckpointConflict,
     DeadLetters,
     PartitionState,
     Store,
@@ -152,7 +153,12 @@ class SqlTransaction(Transaction, abc.ABC):
     # -- checkpoint --------------------------------------------------------------
 
     def finish_batch(
-        self, batch_id: int, source_id: str, state: PartitionState, counts: BatchCounts
+        self,
+        batch_id: int,
+        source_id: str,
+        previous: PartitionState | None,
+        state: PartitionState,
+        counts: BatchCounts,
     ) -> None:
         now = self.clock()
         self.conn.execute(
@@ -167,34 +173,36 @@ class SqlTransaction(Transaction, abc.ABC):
             )
         )
         c = source_checkpoints
-        stmt = _insert(self.conn, c).values(
-            source_id=source_id,
-            partition=state.partition,
-            position=state.position,
-            byte_offset=state.byte_offset,
-            watermark=None if state.watermark_us is None else from_epoch_us(state.watermark_us),
-            messages=state.messages,
-            normalized=state.normalized,
-            duplicates=state.duplicates,
-            dead_lettered=state.dead_lettered,
-            updated_at=now,
-        )
-        ex = stmt.excluded
-        self.conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["source_id", "partition"],
-                set_={
-                    "position": ex.position,
-                    "byte_offset": ex.byte_offset,
-                    "watermark": ex.watermark,
-                    "messages": ex.messages,
-                    "normalized": ex.normalized,
-                    "duplicates": ex.duplicates,
-                    "dead_lettered": ex.dead_lettered,
-                    "updated_at": ex.updated_at,
-                },
+        values = {
+            "position": state.position,
+            "byte_offset": state.byte_offset,
+            "watermark": None if state.watermark_us is None else from_epoch_us(state.watermark_us),
+            "messages": state.messages,
+            "normalized": state.normalized,
+            "duplicates": state.duplicates,
+            "dead_lettered": state.dead_lettered,
+            "updated_at": now,
+        }
+        if previous is None:
+            stmt = _insert(self.conn, c).values(
+                source_id=source_id, partition=state.partition, **values
             )
-        )
+            result = self.conn.execute(stmt.on_conflict_do_nothing())
+        else:
+            result = self.conn.execute(
+                c.update()
+                .where(
+                    c.c.source_id == source_id,
+                    c.c.partition == state.partition,
+                    c.c.position == previous.position,
+                )
+                .values(**values)
+            )
+        if result.rowcount != 1:
+            raise CheckpointConflict(
+                f"partition {state.partition!r} of source {source_id!r} was advanced by another "
+                "run while this one processed it; this run stopped without storing its batch"
+            )
 
 
 class SqlStore(Store):

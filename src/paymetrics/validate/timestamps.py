@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
@@ -12,14 +14,12 @@ from paymetrics.validate.base import Rule
 
 __all__ = ["OccurredAtRangeRule"]
 
-import datetime as dt
-
-_LOWEST = to_epoch_us(dt.datetime(1, 1, 1, 0, 5, tzinfo=dt.UTC))
-_HIGHEST = to_epoch_us(dt.datetime(9999, 12, 31, 23, 55, tzinfo=dt.UTC))
+_LOWEST = to_epoch_us(dt.datetime(1, 1, 1, tzinfo=dt.UTC))
+_BEYOND = to_epoch_us(dt.datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=dt.UTC)) + 1
 
 
 class OccurredAtRangeRule(Rule):
-    """In UTC, `occurred_at` must fall in years 1 to 9999 with its 5-minute window.
+    """In UTC, `occurred_at` must fall in years 1 to 9999 (its window then does too).
 
     `0001-01-01T00:30:00+01:00` is valid RFC 3339 but lies before year 1 in UTC;
     no database or datetime library could store its window.
@@ -30,8 +30,9 @@ class OccurredAtRangeRule(Rule):
 
     def invalid(self, table: pa.Table) -> npt.NDArray[np.bool_]:
         us = table["occurred_at"].cast(pa.int64()).to_numpy()
-        return np.asarray((us < _LOWEST) | (us >= _HIGHEST), dtype=bool)
+        return np.asarray((us < _LOWEST) | (us >= _BEYOND), dtype=bool)
 
     def describe(self, table: pa.Table, row: int) -> str:
         us = table["occurred_at"].cast(pa.int64())[row].as_py()
-        return f"occurred_at: {us} µs since 1970 in UTC is outside years 1 to 9999"
+        side = "before year 1" if us < _LOWEST else "after year 9999"
+        return f"occurred_at: in UTC this instant falls {side}"
