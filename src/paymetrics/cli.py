@@ -47,7 +47,7 @@ db_app = typer.Typer(help="Database schema: upgrade and inspect.", no_args_is_he
 app.add_typer(query_app, name="query")
 app.add_typer(db_app, name="db")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one error, one line
 out = Console(soft_wrap=True)
 
 DEFAULT_DATA_DIR = Path("paymetrics-data")
@@ -338,13 +338,25 @@ def _emit(rows: Sequence[dict[str, Any]], fmt: Format, title: str) -> None:
 
 
 def _query(statement: Any, db: str | None) -> list[dict[str, Any]]:
+    import sqlalchemy as sa
+
     from paymetrics.storage import open_store
     from paymetrics.storage.sql import SqlStore
 
-    store = open_store(db_url(db))
+    from paymetrics.storage.migrate import current_revision
+
+    url = db_url(db)
+    database = sa.make_url(url).database
+    if url.startswith("sqlite") and database and not Path(database).exists():
+        raise Fatal(f"no database file at {database}")
+    store = open_store(url)
     assert isinstance(store, SqlStore)
     try:
-        store.prepare()
+        if current_revision(store.engine) is None:  # reading must not take the write lock
+            raise Fatal(
+                f"database {store.url_for_display} has no paymetrics tables yet; "
+                "run `paymetrics run` or `paymetrics db upgrade` first"
+            )
         with store.engine.connect() as conn:
             return [dict(row) for row in conn.execute(statement).mappings()]
     finally:
