@@ -169,18 +169,22 @@ def decode(
     unknown fields without checking their encoding, so it is checked up front.
     """
     events: list[PaymentEvent] = []
-    index: list[int] = []
+    failed: list[int] = []
+    oversize = np.asarray(raw_sizes, dtype=np.int64) > MAX_EVENT_BYTES
+    flagged = set(np.flatnonzero(oversize | bad_utf8).tolist())
     decode_one = _DECODER.decode
+    append = events.append
     for i, message in enumerate(messages):
-        if raw_sizes[i] > MAX_EVENT_BYTES:
-            rejects.add(i, Reason.TOO_LARGE, f"message: {raw_sizes[i]} bytes, over the 1 MiB limit")
-            continue
-        if bad_utf8[i]:
-            reason, text = _encoding_problem(message)
+        if flagged and i in flagged:
+            if oversize[i]:
+                reason, text = Reason.TOO_LARGE, f"message: {raw_sizes[i]} bytes, over 1 MiB"
+            else:
+                reason, text = _encoding_problem(message)
             rejects.add(i, reason, text)
+            failed.append(i)
             continue
         try:
-            events.append(decode_one(message))
+            append(decode_one(message))
         except msgspec.ValidationError as error:
             problem = _schema_version_problem(message)
             if problem is not None:
@@ -188,12 +192,13 @@ def decode(
             else:
                 reason, text = _classify(error)
                 rejects.add(i, reason, text, _event_id_of(message))
-            continue
+            failed.append(i)
         except msgspec.DecodeError as error:
             rejects.add(i, Reason.INVALID_JSON, f"message: not valid JSON ({error})")
-            continue
+            failed.append(i)
         except RecursionError:
             rejects.add(i, Reason.INVALID_JSON, "message: nested too deeply to decode")
-            continue
-        index.append(i)
-    return Decoded(events, np.asarray(index, dtype=np.int64))
+            failed.append(i)
+    decoded = np.ones(len(messages), dtype=bool)
+    decoded[failed] = False
+    return Decoded(events, np.flatnonzero(decoded).astype(np.int64))
