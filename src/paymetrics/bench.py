@@ -23,14 +23,20 @@ from rich.table import Table
 
 from paymetrics.simulator import SimulatorConfig, write_jsonl
 
-__all__ = ["BENCH_RATES", "print_bench", "run_bench"]
+__all__ = ["print_bench", "realistic_config", "run_bench"]
 
-BENCH_RATES = {
-    "rate_invalid": 0.005,
-    "rate_duplicate": 0.01,
-    "rate_late": 0.01,
-    "rate_pan_leak": 0.0005,
-}
+
+def realistic_config(*, events: int, seed: int, scenario: str = "baseline") -> SimulatorConfig:
+    """Simulated traffic with the defects production sees: the demo's and the bench's input."""
+    return SimulatorConfig(
+        events=events,
+        seed=seed,
+        scenario=scenario,
+        rate_invalid=0.005,
+        rate_duplicate=0.01,
+        rate_late=0.01,
+        rate_pan_leak=0.0005,
+    )
 
 
 def _input_file(work_dir: Path, events: int, seed: int) -> Path:
@@ -38,7 +44,7 @@ def _input_file(work_dir: Path, events: int, seed: int) -> Path:
     if not path.exists():
         tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as handle:
-            write_jsonl(SimulatorConfig(events=events, seed=seed, **BENCH_RATES), handle)
+            write_jsonl(realistic_config(events=events, seed=seed), handle)
         tmp.rename(path)
     return path
 

@@ -7,6 +7,7 @@ are shown with the password hidden.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -295,8 +296,9 @@ def simulate(
             rate_late=rate_late,
             rate_pan_leak=rate_pan_leak,
             scenario=scenario,
-            **({"start": parse_instant(start, "--start")} if start else {}),
         )
+        if (first := parse_instant(start, "--start")) is not None:
+            config = dataclasses.replace(config, start=first)
         if output == "-":
             write_jsonl(config, sys.stdout.buffer)
             sys.stdout.buffer.flush()
@@ -341,9 +343,8 @@ def _query(statement: Any, db: str | None) -> list[dict[str, Any]]:
     import sqlalchemy as sa
 
     from paymetrics.storage import open_store
-    from paymetrics.storage.sql import SqlStore
-
     from paymetrics.storage.migrate import current_revision
+    from paymetrics.storage.sql import SqlStore
 
     url = db_url(db)
     database = sa.make_url(url).database

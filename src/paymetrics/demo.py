@@ -7,17 +7,11 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from paymetrics.bench import realistic_config
 from paymetrics.cli import console, execute_run, out, print_summary
-from paymetrics.simulator import SimulatorConfig, generate
+from paymetrics.simulator import generate
 
 __all__ = ["run_demo"]
-
-DEMO_RATES = {
-    "rate_invalid": 0.005,
-    "rate_duplicate": 0.01,
-    "rate_late": 0.01,
-    "rate_pan_leak": 0.0005,
-}
 
 
 def run_demo(*, events: int, data_dir: Path, seed: int) -> None:
@@ -29,7 +23,7 @@ def run_demo(*, events: int, data_dir: Path, seed: int) -> None:
         stale.unlink(missing_ok=True)
     shutil.rmtree(archive, ignore_errors=True)
 
-    config = SimulatorConfig(events=events, seed=seed, scenario="decline_spike", **DEMO_RATES)
+    config = realistic_config(events=events, seed=seed, scenario="decline_spike")
     with (
         Progress(
             TextColumn("[bold]simulating"),

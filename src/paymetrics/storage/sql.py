@@ -206,7 +206,7 @@ class SqlTransaction(Transaction, abc.ABC):
 
 
 class SqlStore(Store):
-    transaction_class: type[SqlTransaction] = SqlTransaction
+    transaction_class: type[SqlTransaction]
 
     def __init__(self, engine: sa.Engine, clock: Clock = _utcnow) -> None:
         self.engine = engine

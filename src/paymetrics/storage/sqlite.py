@@ -88,7 +88,8 @@ def _pylist(column: pa.ChunkedArray | pa.Array) -> list[Any]:
     if pa.types.is_timestamp(column.type):
         # A naive µs timestamp casts to 'YYYY-MM-DD HH:MM:SS.ffffff', 20x faster than strftime.
         column = column.cast(pa.timestamp("us")).cast(pa.string())
-    return column.to_pylist()
+    values: list[Any] = column.to_pylist()
+    return values
 
 
 def sqlite_engine(url: str | sa.URL) -> sa.Engine:
@@ -177,7 +178,9 @@ class SQLiteTransaction(SqlTransaction):
             range(len(window_start)), _pylist(window_start), _pylist(dimensions), strict=True
         )
         self.conn.exec_driver_sql("INSERT INTO touched_sketches VALUES (?, ?, ?)", list(keys))
-        cursor = self.conn.connection.driver_connection.cursor()  # plain tuples, no Row objects
+        driver = self.conn.connection.driver_connection
+        assert driver is not None
+        cursor = driver.cursor()  # plain tuples, no Row objects
         rows = cursor.execute(
             # CROSS JOIN pins the loop order: touched keys outside, primary-key lookups inside.
             "SELECT t.k, h.bucket, h.count FROM touched_sketches t "
