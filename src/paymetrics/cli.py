@@ -56,6 +56,7 @@ DbOption = Annotated[
     str | None,
     typer.Option(
         "--db",
+        metavar="URL",
         help="SQLAlchemy database URL. Default: $PAYMETRICS_DB_URL, else "
         "sqlite:///paymetrics-data/paymetrics.db",
         show_default=False,
@@ -101,10 +102,13 @@ def fatal_errors() -> Iterator[None]:
     """Turn expected failures into one clear line on stderr and exit code 2."""
     import sqlalchemy as sa
 
-    from paymetrics.storage.base import CheckpointConflict
+    from paymetrics.storage.base import CheckpointConflict, StoreUnavailable
 
     try:
         yield
+    except StoreUnavailable as error:
+        console.print(f"[red]error:[/red] database: {error}", highlight=False)
+        raise typer.Exit(2) from None
     except (Fatal, ValueError, FileNotFoundError, CheckpointConflict) as error:
         console.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(2) from None
@@ -233,18 +237,28 @@ def print_summary(summary: dict[str, Any]) -> None:
 @app.command()
 def run(
     source: Annotated[
-        str, typer.Option("--source", "-s", help="file:PATH or simulator:?events=N&seed=S")
+        str,
+        typer.Option(
+            "--source", "-s", metavar="SPEC", help="file:PATH or simulator:?events=N&seed=S"
+        ),
     ],
     db: DbOption = None,
-    archive: Annotated[str, typer.Option(help="fsspec URL of the raw Parquet archive")] = str(
-        DEFAULT_DATA_DIR / "raw"
-    ),
+    archive: Annotated[
+        str, typer.Option(metavar="URL", help="fsspec URL of the raw Parquet archive")
+    ] = str(DEFAULT_DATA_DIR / "raw"),
     no_archive: Annotated[
         bool, typer.Option("--no-archive", help="do not write the raw archive")
     ] = False,
-    batch_max_events: Annotated[int, typer.Option(min=1, help="messages per batch")] = 50_000,
+    batch_max_events: Annotated[
+        int, typer.Option(metavar="N", help="messages per batch (at least 1)")
+    ] = 50_000,
     max_lateness_seconds: Annotated[
-        float, typer.Option(min=0, help="older than the newest seen by more than this: too_late")
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="an event older than the newest seen on its partition by more than this "
+            "is dead-lettered as too_late",
+        ),
     ] = 7 * 86_400,
     summary_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,

@@ -25,8 +25,13 @@ __all__ = [
     "DeadLetters",
     "PartitionState",
     "Store",
+    "StoreUnavailable",
     "Transaction",
 ]
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached or created; the message names it and why."""
 
 
 class CheckpointConflict(RuntimeError):

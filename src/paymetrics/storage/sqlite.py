@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from paymetrics.metrics.payment_5m import COUNT_COLUMNS, KEY_COLUMNS, LATENCY_HISTOGRAM
 from paymetrics.normalize import WINDOW_SECONDS
+from paymetrics.storage.base import StoreUnavailable
 from paymetrics.storage.sql import SqlStore, SqlTransaction
 
 __all__ = ["SQLiteStore", "sqlite_engine"]
@@ -96,7 +97,13 @@ def sqlite_engine(url: str | sa.URL) -> sa.Engine:
     """An engine with the pragmas and transaction handling paymetrics relies on."""
     url = sa.make_url(url)
     if url.database and url.database != ":memory:":
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.database).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreUnavailable(
+                f"cannot create the folder {folder} for {url.database}: {error.strerror}"
+            ) from None
     engine = sa.create_engine(url, connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
