@@ -15,6 +15,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from paymetrics.events import MAX_EVENT_BYTES, PaymentEvent, Reason
 
@@ -100,19 +101,30 @@ def _utf8_problem(message: bytes) -> str:
     return "not valid UTF-8"  # pragma: no cover - msgspec and Python agree on UTF-8
 
 
+_UTF8_CHUNK = 1024
+
+
 def as_text(messages: list[bytes]) -> tuple[pa.StringArray, npt.NDArray[np.bool_]]:
     """The messages as one Arrow string array, and which of them are not valid UTF-8.
 
-    One vectorized conversion when every message is valid (the common case);
-    invalid ones become empty strings in the array.
+    Validation is Arrow's vectorized cast: of the whole batch when every message is
+    valid (the common case), else chunk by chunk, so only the chunks holding a bad
+    message are checked one message at a time. Invalid ones become empty strings.
     """
     binary = pa.array(messages, pa.binary())
     try:
         return binary.cast(pa.string()), np.zeros(len(messages), dtype=bool)
     except pa.ArrowInvalid:
-        bad = np.fromiter((not _is_utf8(m) for m in messages), bool, len(messages))
-        cleaned = [b"" if b else m for m, b in zip(messages, bad, strict=True)]
-        return pa.array(cleaned, pa.binary()).cast(pa.string()), bad
+        pass
+    bad = np.zeros(len(messages), dtype=bool)
+    for start in range(0, len(messages), _UTF8_CHUNK):
+        try:
+            binary.slice(start, _UTF8_CHUNK).cast(pa.string())
+        except pa.ArrowInvalid:
+            chunk = messages[start : start + _UTF8_CHUNK]
+            bad[start : start + len(chunk)] = [not _is_utf8(m) for m in chunk]
+    cleaned = pc.if_else(pa.array(bad), pa.scalar(b"", pa.binary()), binary)
+    return cleaned.cast(pa.string()), bad
 
 
 def _is_utf8(message: bytes) -> bool:
