@@ -62,9 +62,9 @@ def luhn_valid(digits: str) -> bool:
 
 
 def _masked_run(run: str) -> str | None:
-    """The masked form of one maximal run of >= 13 digits, or None if it is not a PAN."""
+    """The masked form of one maximal run, or None if it is not a PAN."""
     digits = run.replace(" ", "").replace("-", "")
-    if len(digits) > 19 or not luhn_valid(digits):
+    if not 13 <= len(digits) <= 19 or not luhn_valid(digits):
         return None
     return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
 
@@ -225,6 +225,11 @@ def mask_message(raw: bytes) -> tuple[bytes, int]:
     JSON (UTF-8) is decoded, masked with the top-level identifiers exempt (when the
     top level is an object) and re-encoded, key order kept. Anything else is masked
     as raw bytes, without exemptions.
+
+    Two corners are masked in the raw bytes instead: a PAN in a member shadowed by a
+    duplicate key (invisible once decoded, yet still in the bytes), and JSON nested
+    too deep for msgspec (string tokens are masked with escapes decoded, then any
+    digit run left anywhere, as for a message that does not parse).
     """
     try:
         value = msgspec.json.decode(raw)
@@ -314,6 +319,7 @@ _BIG_NUMBER: Final = rf"\A(?:[^\"]|{_STR})*(?:[0-9]{{20}}|[0-9][eE][+-]?[0-9]{{3
 _CHANGES_IF_JSON: Final = f"(?s){_hit_pattern(_NESTING)}|{_DIGIT_ESCAPE}|{_BIG_NUMBER}"
 """Stage 2, on stage-1 hits: if the message is JSON, masking can change it only if this
 matches (or `_BIG_NUMBER` says the cheap JSON check below cannot be trusted)."""
+
 
 class _AnyObject(msgspec.Struct):
     """Decoding target that skips every member: checks JSON syntax without building objects."""
