@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,6 +14,14 @@ from paymetrics.cli import console, execute_run, out, print_summary
 from paymetrics.simulator import generate
 
 __all__ = ["run_demo"]
+
+
+def _command_name() -> str:
+    """`paymetrics`, or its path in the virtualenv when that is not on PATH."""
+    beside = Path(sys.executable).parent / "paymetrics"
+    if shutil.which("paymetrics") or not beside.exists():
+        return "paymetrics"
+    return os.path.relpath(beside)
 
 
 def run_demo(*, events: int, data_dir: Path, seed: int) -> None:
@@ -51,9 +61,10 @@ def run_demo(*, events: int, data_dir: Path, seed: int) -> None:
     )
     print_summary(summary)
     db = f"sqlite:///{db_path}"
+    command = _command_name()
     out.print(
         "\nLook around:\n"
-        f"  paymetrics query metrics --db {db} --limit 20\n"
-        f"  paymetrics query dlq --db {db} --summary\n"
+        f"  {command} query metrics --db {db} --limit 20\n"
+        f"  {command} query dlq --db {db} --summary\n"
         f"  raw archive (Parquet, by event date/hour): {archive}/"
     )
