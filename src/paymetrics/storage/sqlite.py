@@ -25,28 +25,11 @@ from paymetrics.metrics.payment_5m import COUNT_COLUMNS, KEY_COLUMNS, LATENCY_HI
 from paymetrics.normalize import WINDOW_SECONDS
 from paymetrics.storage.base import StoreUnavailable
 from paymetrics.storage.sql import SqlStore, SqlTransaction
+from paymetrics.storage.tables import normalized_transactions
 
 __all__ = ["SQLiteStore", "sqlite_engine"]
 
-_EVENT_COLUMNS = (
-    "event_id",
-    "event_type",
-    "transaction_id",
-    "occurred_at",
-    "merchant_id",
-    "amount_minor",
-    "currency",
-    "status",
-    "payment_method",
-    "decline_code",
-    "card_network",
-    "latency_ms",
-    "country",
-    "channel",
-    "customer_id",
-    "pan_exposure",
-    "source_position",
-)
+_EVENT_COLUMNS = tuple(c.name for c in normalized_transactions.columns if c.name != "batch_id")
 
 
 def _placeholders(n: int) -> str:
@@ -54,7 +37,7 @@ def _placeholders(n: int) -> str:
 
 
 _INSERT_EVENTS = (
-    f"INSERT INTO normalized_transactions ({', '.join(_EVENT_COLUMNS)}, batch_id) "
+    f"INSERT INTO {normalized_transactions.name} ({', '.join(_EVENT_COLUMNS)}, batch_id) "
     f"VALUES ({_placeholders(len(_EVENT_COLUMNS) + 1)}) ON CONFLICT (event_id) DO NOTHING"
 )
 _METRIC_COLUMNS = (*KEY_COLUMNS, *COUNT_COLUMNS, "latency_max_ms", "approval_rate")
