@@ -9,8 +9,10 @@ once as a stored event, a duplicate, or a dead letter; `BatchReport` counts them
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,7 +144,8 @@ class Pipeline:
             if batch is None:
                 break
             state = states.get(batch.partition)
-            report, states[batch.partition] = self.process(batch, state, stats.stage_seconds)
+            with _gc_paused():
+                report, states[batch.partition] = self.process(batch, state, stats.stage_seconds)
             source.ack(batch)
             stats.add(report)
             if on_batch is not None:
@@ -284,6 +287,25 @@ class Pipeline:
             first_position=batch.positions[0],
             last_position=batch.positions[-1],
         )
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside a batch; young generations swept after it.
+
+    A batch allocates hundreds of thousands of short-lived containers (row tuples,
+    lists) and no reference cycles; CPython's collector would otherwise run hundreds
+    of passes over them per batch (measured: building the SQLite rows took 2.7 µs
+    per event with it, 0.6–0.9 µs without).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+            gc.collect(1)
 
 
 def _repeat(value: str, n: int) -> pa.Array:
