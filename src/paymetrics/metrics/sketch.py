@@ -61,24 +61,11 @@ def quantiles_from_buckets(
     `maximum`, the exact largest value, caps the estimates: the true quantile is
     at most the maximum, so capping never moves an estimate further from it.
     """
-    total = int(counts.sum())
-    if total == 0:
-        return [None for _ in qs]
-    order = np.argsort(indices, kind="stable")
-    sorted_idx = indices[order]
-    cumulative = np.cumsum(counts[order])
-    values = bucket_values(sorted_idx)
-    out: list[float | None] = []
-    for q in qs:
-        rank = max(
-            1, math.ceil(Fraction(str(q)) * total)
-        )  # exact: 0.95 * 100 is 95, not 95.000...1
-        pos = int(np.searchsorted(cumulative, rank, side="left"))
-        estimate = float(values[pos])
-        if maximum is not None:
-            estimate = min(estimate, maximum)
-        out.append(estimate)
-    return out
+    group = np.zeros(len(indices), dtype=np.int64)
+    estimates = grouped_quantiles(group, indices, counts, 1, qs)[0]
+    if maximum is not None:
+        estimates = np.minimum(estimates, maximum)
+    return [None if np.isnan(v) else float(v) for v in estimates]
 
 
 def grouped_quantiles(
