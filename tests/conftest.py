@@ -42,6 +42,8 @@ REQUIRE_SERVICES_ENV = "PAYMETRICS_REQUIRE_SERVICES"
 
 PAYMETRICS_TABLES = (
     "aggregate_histograms",
+    "config_versions",
+    "dynamic_metrics",
     "failed_items",
     "ingest_batches",
     "normalized_transactions",
@@ -49,6 +51,8 @@ PAYMETRICS_TABLES = (
     "source_checkpoints",
 )
 WALL_CLOCK_COLUMNS: Mapping[str, frozenset[str]] = {
+    # applied_by names the process (pid, host) that applied the version
+    "config_versions": frozenset({"applied_at", "last_applied_at", "applied_by"}),
     "failed_items": frozenset({"id", "first_seen_at"}),
     "ingest_batches": frozenset({"committed_at"}),
     "source_checkpoints": frozenset({"updated_at"}),

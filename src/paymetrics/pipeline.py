@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -24,6 +24,7 @@ from paymetrics.archive.parquet import ARCHIVE_SCHEMA, ParquetArchive
 from paymetrics.decode import Rejects, as_text, decode
 from paymetrics.events import MAX_EVENT_BYTES, Reason
 from paymetrics.mask import mask_batch
+from paymetrics.metrics.dynamic import MetricRule, aggregate_rules
 from paymetrics.metrics.payment_5m import aggregate
 from paymetrics.metrics.windows import US_PER_SECOND, from_epoch_us
 from paymetrics.normalize import normalize
@@ -39,9 +40,16 @@ STAGES = ("read", "mask", "decode", "normalize", "validate", "archive", "store")
 
 @dataclass(frozen=True, slots=True)
 class PipelineOptions:
+    """What decides the numbers; swapped whole between batches (`Pipeline.reconfigure`)."""
+
     batch_max_events: int = 50_000
     max_lateness_seconds: float = DEFAULT_MAX_LATENESS_SECONDS
     rules: Sequence[str | Rule] = DEFAULT_RULES
+    metric_rules: Sequence[MetricRule] = ()
+    #: Each metric rule's version (the config version its definition first appeared in).
+    metric_versions: Mapping[str, int] = field(default_factory=dict)
+    #: The config version in effect, recorded on every batch.
+    config_version: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_max_events < 1:
@@ -120,9 +128,22 @@ class Pipeline:
     ) -> None:
         self.store = store
         self.archive = archive
-        self.options = options or PipelineOptions()
-        self.rules = resolve_rules(self.options.rules)
-        self.max_lateness_us = int(self.options.max_lateness_seconds * US_PER_SECOND)
+        self.reconfigure(options or PipelineOptions())
+
+    def reconfigure(self, options: PipelineOptions) -> None:
+        """Use `options` from the next batch on. Call it between batches only."""
+        missing = {r.name for r in options.metric_rules} - set(options.metric_versions)
+        if missing and options.config_version is not None:
+            raise ValueError(f"no version given for metric rules {sorted(missing)}")
+        self._compiled = _Compiled(
+            options=options,
+            rules=tuple(resolve_rules(options.rules)),
+            max_lateness_us=int(options.max_lateness_seconds * US_PER_SECOND),
+        )
+
+    @property
+    def options(self) -> PipelineOptions:
+        return self._compiled.options
 
     def run(
         self,
@@ -130,14 +151,21 @@ class Pipeline:
         *,
         on_batch: Callable[[BatchReport], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        between_batches: Callable[[Pipeline], None] | None = None,
     ) -> RunStats:
-        """Process `source` to its end (or until `should_stop()` between batches)."""
+        """Process `source` to its end (or until `should_stop()` between batches).
+
+        `between_batches(self)` runs before each batch is read: the one place where
+        configuration may change (hot reload), so no batch sees two configurations.
+        """
         stats = RunStats()
         states = self.store.load_state(source.source_id)
         source.open({p: Checkpoint(p, s.position, s.byte_offset) for p, s in states.items()})
         started = time.perf_counter()
         batches = source.batches(self.options.batch_max_events)
         while not should_stop():
+            if between_batches is not None:
+                between_batches(self)
             t0 = time.perf_counter()
             batch = next(batches, None)
             stats.stage_seconds["read"] += time.perf_counter() - t0
@@ -164,6 +192,7 @@ class Pipeline:
         `previous` is the partition's stored state (None before its first batch).
         """
         state = previous or PartitionState(batch.partition, 0, None, None)
+        compiled = self._compiled  # one configuration for the whole batch
         clock = _Stopwatch(timings)
         masked, pan_counts = mask_batch(batch.messages)
         clock.lap("mask")
@@ -174,8 +203,8 @@ class Pipeline:
         positions = np.asarray(batch.positions, dtype=np.int64)
         table = normalize(decoded.events, decoded.index, positions, pan_counts)
         clock.lap("normalize")
-        table = table.filter(pa.array(validate(table, self.rules, rejects)))
-        table, watermark = self._lateness(table, state.watermark_us, rejects)
+        table = table.filter(pa.array(validate(table, compiled.rules, rejects)))
+        table, watermark = _lateness(table, state.watermark_us, compiled.max_lateness_us, rejects)
         clock.lap("validate")
         if self.archive is not None:
             self._archive(batch, table, text)
@@ -190,14 +219,21 @@ class Pipeline:
             payloads=[_payload_text(masked[rejects.index[k]]) for k in order],
         )
         with self.store.transaction() as tx:
+            options = compiled.options
             batch_id = tx.start_batch(
-                batch.source_id, batch.partition, batch.positions[0], batch.positions[-1]
+                batch.source_id,
+                batch.partition,
+                batch.positions[0],
+                batch.positions[-1],
+                options.config_version,
             )
             tx.add_dead_letters(batch.source_id, batch.partition, dead)
             new = tx.insert_events(unique, batch_id)
             stored = unique.filter(pa.array(new))
             partials = aggregate(stored)
             tx.apply_payment_metrics(partials)
+            if options.metric_rules:
+                tx.apply_dynamic_metrics(_dynamic_partials(stored, options))
             normalized = int(new.sum())
             counts = BatchCounts(
                 messages=len(batch),
@@ -227,40 +263,6 @@ class Pipeline:
         )
         return report, new_state
 
-    def _lateness(
-        self, table: pa.Table, watermark_us: int | None, rejects: Rejects
-    ) -> tuple[pa.Table, int | None]:
-        """Dead-letter events older than the newest one seen before them by over the limit."""
-        if table.num_rows == 0:
-            return table, watermark_us
-        occurred = table["occurred_at"].cast(pa.int64()).to_numpy()
-        floor = np.iinfo(np.int64).min if watermark_us is None else watermark_us
-        newest_before = np.empty_like(occurred)
-        newest_before[0] = floor
-        np.maximum.accumulate(occurred[:-1], out=newest_before[1:])
-        np.maximum(newest_before, floor, out=newest_before)
-        late = (newest_before != np.iinfo(np.int64).min) & (
-            occurred < newest_before - self.max_lateness_us
-        )
-        watermark = int(max(occurred.max(), floor))
-        if not late.any():
-            return table, watermark
-        index = table["message_index"].to_numpy()
-        ids = table["event_id"]
-        limit = dt.timedelta(microseconds=self.max_lateness_us)
-        for row in np.flatnonzero(late):
-            at = from_epoch_us(int(occurred[row]))
-            newest = from_epoch_us(int(newest_before[row]))
-            rejects.add(
-                int(index[row]),
-                Reason.TOO_LATE,
-                f"occurred_at: {at.isoformat()} is {newest - at} older than the newest event "
-                f"already seen on this partition ({newest.isoformat()}); "
-                f"the maximum lateness is {limit}",
-                ids[int(row)].as_py(),
-            )
-        return table.filter(pa.array(~late)), watermark
-
     def _archive(self, batch: RawBatch, table: pa.Table, text: pa.StringArray) -> None:
         assert self.archive is not None
         index = table["message_index"]
@@ -287,6 +289,58 @@ class Pipeline:
             first_position=batch.positions[0],
             last_position=batch.positions[-1],
         )
+
+
+def _lateness(
+    table: pa.Table, watermark_us: int | None, max_lateness_us: int, rejects: Rejects
+) -> tuple[pa.Table, int | None]:
+    """Dead-letter events older than the newest one seen before them by over the limit."""
+    if table.num_rows == 0:
+        return table, watermark_us
+    occurred = table["occurred_at"].cast(pa.int64()).to_numpy()
+    floor = np.iinfo(np.int64).min if watermark_us is None else watermark_us
+    newest_before = np.empty_like(occurred)
+    newest_before[0] = floor
+    np.maximum.accumulate(occurred[:-1], out=newest_before[1:])
+    np.maximum(newest_before, floor, out=newest_before)
+    late = (newest_before != np.iinfo(np.int64).min) & (occurred < newest_before - max_lateness_us)
+    watermark = int(max(occurred.max(), floor))
+    if not late.any():
+        return table, watermark
+    index = table["message_index"].to_numpy()
+    ids = table["event_id"]
+    limit = dt.timedelta(microseconds=max_lateness_us)
+    for row in np.flatnonzero(late):
+        at = from_epoch_us(int(occurred[row]))
+        newest = from_epoch_us(int(newest_before[row]))
+        rejects.add(
+            int(index[row]),
+            Reason.TOO_LATE,
+            f"occurred_at: {at.isoformat()} is {newest - at} older than the newest event "
+            f"already seen on this partition ({newest.isoformat()}); "
+            f"the maximum lateness is {limit}",
+            ids[int(row)].as_py(),
+        )
+    return table.filter(pa.array(~late)), watermark
+
+
+def _dynamic_partials(stored: pa.Table, options: PipelineOptions) -> pa.Table:
+    """Config-defined metric partials of the new events, tagged with each rule's version."""
+    partials = aggregate_rules(stored, options.metric_rules)
+    names = partials["metric_name"]
+    aggregates = {r.name: r.aggregate for r in options.metric_rules}
+    keys = pa.array(list(aggregates))
+    at = pc.index_in(names, value_set=keys)
+    versions = pa.array([options.metric_versions.get(n, 0) for n in aggregates], pa.int64())
+    partials = partials.append_column("aggregate", pa.array(list(aggregates.values())).take(at))
+    return partials.append_column("config_version", versions.take(at))
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    options: PipelineOptions
+    rules: tuple[Rule, ...]
+    max_lateness_us: int
 
 
 @contextmanager

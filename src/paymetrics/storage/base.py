@@ -9,9 +9,11 @@ leaves nothing behind, and the replayed batch finds its events already stored
 from __future__ import annotations
 
 import abc
+import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,8 +22,10 @@ import pyarrow as pa
 from paymetrics.metrics.payment_5m import Partials
 
 __all__ = [
+    "AppliedConfig",
     "BatchCounts",
     "CheckpointConflict",
+    "ConfigVersion",
     "DeadLetters",
     "PartitionState",
     "Store",
@@ -61,6 +65,26 @@ class BatchCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigVersion:
+    version: int
+    content_hash: str
+    document: dict[str, Any]
+    applied_at: dt.datetime
+    last_applied_at: dt.datetime
+    applied_by: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedConfig:
+    """The version a rules document got, and each metric rule's own version."""
+
+    version: int
+    new: bool
+    metric_versions: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetters:
     """Rows for `failed_items`, column by column (payloads already masked)."""
 
@@ -78,7 +102,14 @@ class Transaction(abc.ABC):
     """Everything one batch writes, atomically."""
 
     @abc.abstractmethod
-    def start_batch(self, source_id: str, partition: str, first: int, last: int) -> int:
+    def start_batch(
+        self,
+        source_id: str,
+        partition: str,
+        first: int,
+        last: int,
+        config_version: int | None = None,
+    ) -> int:
         """Record the batch in `ingest_batches`; returns its `batch_id`."""
 
     @abc.abstractmethod
@@ -92,6 +123,11 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def apply_payment_metrics(self, partials: Partials) -> None:
         """Add partial aggregates to `payment_metrics_5m` and its latency sketches."""
+
+    @abc.abstractmethod
+    def apply_dynamic_metrics(self, partials: pa.Table) -> None:
+        """Add partials (`paymetrics.metrics.dynamic.PARTIAL_SCHEMA` plus `aggregate` and
+        `config_version` columns) to `dynamic_metrics`, recomputing each row's value."""
 
     @abc.abstractmethod
     def finish_batch(
@@ -127,6 +163,16 @@ class Store(abc.ABC):
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """A transaction that commits when the block ends without an exception."""
+
+    @abc.abstractmethod
+    def record_config(
+        self, document: dict[str, Any], applied_by: str, origin: str
+    ) -> AppliedConfig:
+        """Record a rules document as a config version (reusing the row of an identical one)."""
+
+    @abc.abstractmethod
+    def config_history(self) -> list[ConfigVersion]:
+        """Every recorded config version, oldest first."""
 
     @abc.abstractmethod
     def table_counts(self) -> dict[str, int]:

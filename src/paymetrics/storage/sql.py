@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,8 +26,10 @@ from paymetrics.metrics.sketch import grouped_quantiles
 from paymetrics.metrics.windows import from_epoch_us, to_epoch_us
 from paymetrics.storage import migrate
 from paymetrics.storage.base import (
+    AppliedConfig,
     BatchCounts,
     CheckpointConflict,
+    ConfigVersion,
     DeadLetters,
     PartitionState,
     Store,
@@ -34,6 +37,8 @@ from paymetrics.storage.base import (
 )
 from paymetrics.storage.tables import (
     aggregate_histograms,
+    config_versions,
+    dynamic_metrics,
     failed_items,
     ingest_batches,
     normalized_transactions,
@@ -64,10 +69,18 @@ class SqlTransaction(Transaction, abc.ABC):
         self.conn = conn
         self.clock = clock
 
-    def start_batch(self, source_id: str, partition: str, first: int, last: int) -> int:
+    def start_batch(
+        self,
+        source_id: str,
+        partition: str,
+        first: int,
+        last: int,
+        config_version: int | None = None,
+    ) -> int:
         stmt = (
             ingest_batches.insert()
             .values(
+                config_version=config_version,
                 source_id=source_id,
                 partition=partition,
                 first_position=first,
@@ -150,6 +163,47 @@ class SqlTransaction(Transaction, abc.ABC):
     def _update_percentiles(self, keys: pa.Table, quantiles: npt.NDArray[np.float64]) -> None:
         """Set p50/p95/p99 (capped at the row's exact maximum) of each keyed row."""
 
+    def apply_dynamic_metrics(self, partials: pa.Table) -> None:
+        if not partials.num_rows:
+            return
+        t = dynamic_metrics
+        insert = _insert(self.conn, t)
+        new = insert.excluded
+        total = {c: t.c[c] + new[c] for c in ("count", "value_count")}
+        numerator = sa.func.coalesce(t.c.numerator, 0) + sa.func.coalesce(new.numerator, 0)
+        summed = sa.case(
+            (t.c.sum.is_(None), new.sum),
+            (new.sum.is_(None), t.c.sum),
+            else_=t.c.sum + new.sum,
+        )
+        lowest = sa.case(
+            (t.c.min.is_(None), new.min),
+            (new.min.is_(None), t.c.min),
+            (new.min < t.c.min, new.min),
+            else_=t.c.min,
+        )
+        highest = sa.case(
+            (t.c.max.is_(None), new.max),
+            (new.max.is_(None), t.c.max),
+            (new.max > t.c.max, new.max),
+            else_=t.c.max,
+        )
+        stmt = insert.on_conflict_do_update(
+            index_elements=[c.name for c in t.primary_key.columns],
+            set_={
+                **total,
+                "sum": summed,
+                "min": lowest,
+                "max": highest,
+                "numerator": sa.case((t.c.aggregate == "ratio", numerator), else_=None),
+                "value": _metric_value(t.c.aggregate, total, summed, lowest, highest, numerator),
+            },
+        )
+        rows = partials.select([c.name for c in t.columns if c.name != "value"]).to_pylist()
+        for row in rows:
+            row["value"] = _initial_value(row)
+        self.conn.execute(stmt, rows)
+
     # -- checkpoint --------------------------------------------------------------
 
     def finish_batch(
@@ -205,6 +259,34 @@ class SqlTransaction(Transaction, abc.ABC):
             )
 
 
+def _metric_value(
+    aggregate: Any, total: dict[str, Any], summed: Any, lowest: Any, highest: Any, numerator: Any
+) -> Any:
+    count = sa.cast(total["count"], sa.Float)
+    return sa.case(
+        (aggregate == "count", count),
+        (aggregate == "sum", summed),
+        (aggregate == "avg", summed / sa.func.nullif(sa.cast(total["value_count"], sa.Float), 0)),
+        (aggregate == "min", lowest),
+        (aggregate == "max", highest),
+        (aggregate == "ratio", sa.cast(numerator, sa.Float) / sa.func.nullif(count, 0)),
+        else_=None,
+    )
+
+
+def _initial_value(row: dict[str, Any]) -> float | None:
+    """A new row's value from its own partials (one call per group row, not per event)."""
+    aggregate = row["aggregate"]
+    if aggregate == "count":
+        return float(row["count"])
+    if aggregate == "avg":
+        return None if not row["value_count"] else row["sum"] / row["value_count"]
+    if aggregate == "ratio":
+        return None if not row["count"] else (row["numerator"] or 0) / row["count"]
+    value = row[aggregate]  # sum, min, max
+    return None if value is None else float(value)
+
+
 class SqlStore(Store):
     transaction_class: type[SqlTransaction]
 
@@ -240,6 +322,57 @@ class SqlStore(Store):
     def transaction(self) -> Iterator[Transaction]:
         with self.engine.begin() as conn:
             yield self.transaction_class(conn, self.clock)
+
+    def record_config(
+        self, document: dict[str, Any], applied_by: str, origin: str
+    ) -> AppliedConfig:
+        from paymetrics.config.versions import canonical_json, content_hash, rule_versions
+
+        digest = content_hash(document)
+        now = self.clock()
+        c = config_versions
+        with self.engine.begin() as conn:
+            found = conn.execute(
+                sa.select(c.c.version).where(c.c.content_hash == digest)
+            ).scalar_one_or_none()
+            if found is None:
+                version = conn.execute(
+                    c.insert()
+                    .values(
+                        content_hash=digest,
+                        document=canonical_json(document),
+                        applied_at=now,
+                        last_applied_at=now,
+                        applied_by=applied_by[:1024],
+                        origin=origin[:1024],
+                    )
+                    .returning(c.c.version)
+                ).scalar_one()
+            else:
+                version = found
+                conn.execute(c.update().where(c.c.version == found).values(last_applied_at=now))
+            history = [
+                (row.version, json.loads(row.document))
+                for row in conn.execute(sa.select(c.c.version, c.c.document).order_by(c.c.version))
+            ]
+        return AppliedConfig(int(version), found is None, rule_versions(document, history))
+
+    def config_history(self) -> list[ConfigVersion]:
+        c = config_versions
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(c).order_by(c.c.version)).mappings().all()
+        return [
+            ConfigVersion(
+                version=row["version"],
+                content_hash=row["content_hash"],
+                document=json.loads(row["document"]),
+                applied_at=row["applied_at"],
+                last_applied_at=row["last_applied_at"],
+                applied_by=row["applied_by"],
+                origin=row["origin"],
+            )
+            for row in rows
+        ]
 
     def table_counts(self) -> dict[str, int]:
         tables = (normalized_transactions, failed_items, payment_metrics_5m, aggregate_histograms)

@@ -17,6 +17,8 @@ __all__ = [
     "METRIC_KEY_COLUMNS",
     "UTCDateTime",
     "aggregate_histograms",
+    "config_versions",
+    "dynamic_metrics",
     "failed_items",
     "ingest_batches",
     "metadata",
@@ -77,6 +79,7 @@ ingest_batches = sa.Table(
     sa.Column("duplicates", sa.Integer, nullable=False),
     sa.Column("dead_lettered", sa.Integer, nullable=False),
     sa.Column("committed_at", UTCDateTime, nullable=False),
+    sa.Column("config_version", sa.Integer),
     comment="One row per stored batch: the provenance of normalized rows.",
 )
 
@@ -174,6 +177,38 @@ source_checkpoints = sa.Table(
     sa.Column("dead_lettered", sa.BigInteger, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     comment="Where each source partition resumes, committed with the data it covers.",
+)
+
+config_versions = sa.Table(
+    "config_versions",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("content_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("document", sa.Text, nullable=False),
+    sa.Column("applied_at", UTCDateTime, nullable=False),
+    sa.Column("applied_by", sa.String(1024), nullable=False),
+    sa.Column("origin", sa.String(1024), nullable=False),
+    sa.Column("last_applied_at", UTCDateTime, nullable=False),
+    comment="Every distinct rules configuration ever applied (what decides the numbers).",
+)
+
+dynamic_metrics = sa.Table(
+    "dynamic_metrics",
+    metadata,
+    sa.Column("metric_name", sa.String(64), primary_key=True),
+    sa.Column("window_seconds", sa.Integer, primary_key=True),
+    sa.Column("window_start", UTCDateTime, primary_key=True),
+    sa.Column("dimensions", sa.String(1024), primary_key=True),
+    sa.Column("config_version", sa.Integer, primary_key=True),
+    sa.Column("aggregate", sa.String(16), nullable=False),
+    sa.Column("value", sa.Float),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("value_count", sa.BigInteger, nullable=False),
+    sa.Column("sum", sa.Float),
+    sa.Column("min", sa.Float),
+    sa.Column("max", sa.Float),
+    sa.Column("numerator", sa.BigInteger),
+    comment="Config-defined metrics with their mergeable partials, per rule version.",
 )
 
 sa.Index("ix_failed_items_reason", failed_items.c.reason)

@@ -7,6 +7,7 @@ name (or an instance) into a rule and lists the valid names when it cannot.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,11 +26,11 @@ RULES: dict[str, type[Rule]] = {
 DEFAULT_RULES: tuple[str, ...] = tuple(RULES)
 
 
-def resolve_rule(rule: str | Rule) -> Rule:
+def resolve_rule(rule: str | Rule, params: dict[str, Any] | None = None) -> Rule:
     if isinstance(rule, Rule):
         return rule
     try:
-        return RULES[rule]()
+        return RULES[rule](params)
     except KeyError:
         valid = ", ".join(sorted(RULES))
         raise ValueError(f"unknown validation rule {rule!r}; valid rules: {valid}") from None

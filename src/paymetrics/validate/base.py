@@ -9,22 +9,39 @@ so a batch costs one vectorized pass per rule, not one Python call per event.
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
 
 from paymetrics.events import Reason
 
-__all__ = ["Rule"]
+__all__ = ["NoParams", "Rule"]
+
+
+class NoParams(BaseModel):
+    """A rule's parameters, validated by the configuration (a rule with none takes none)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Rule(abc.ABC):
-    """Implementers set `name`, `reason` and write `invalid` and `describe`."""
+    """Implementers set `name`, `reason` and write `invalid` and `describe`.
+
+    A rule with parameters sets `Params` to its own pydantic model; the
+    configuration validates `validation.rules.<name>.params` against it.
+    """
 
     name: ClassVar[str]
     reason: ClassVar[Reason]
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, params: BaseModel | dict[str, Any] | None = None) -> None:
+        if params is None or isinstance(params, dict):
+            params = self.Params.model_validate(params or {})
+        self.params = params
 
     @abc.abstractmethod
     def invalid(self, table: pa.Table) -> npt.NDArray[np.bool_]:
