@@ -11,14 +11,13 @@ import dataclasses
 import datetime as dt
 import io
 import json
-import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -34,6 +33,10 @@ from rich.table import Table
 
 from paymetrics import __version__
 
+if TYPE_CHECKING:
+    from paymetrics.config import ConfigManager
+    from paymetrics.storage.sql import SqlStore
+
 __all__ = ["app", "main"]
 
 app = typer.Typer(
@@ -47,6 +50,15 @@ query_app = typer.Typer(help="Read stored metrics and dead letters.", no_args_is
 db_app = typer.Typer(help="Database schema: upgrade and inspect.", no_args_is_help=True)
 app.add_typer(query_app, name="query")
 app.add_typer(db_app, name="db")
+
+
+def _config_app() -> typer.Typer:
+    from paymetrics.config.cli import config_app
+
+    return config_app
+
+
+app.add_typer(_config_app(), name="config")
 
 console = Console(stderr=True, soft_wrap=True)  # one error, one line
 out = Console(soft_wrap=True)
@@ -75,9 +87,12 @@ class Fatal(Exception):
 
 
 def db_url(option: str | None) -> str:
-    from paymetrics.storage import DEFAULT_DB_URL
+    """--db, else the configuration's storage.db_url (file, environment, default)."""
+    if option:
+        return option
+    from paymetrics.config import load_settings
 
-    return option or os.environ.get("PAYMETRICS_DB_URL") or DEFAULT_DB_URL
+    return load_settings().settings.storage.db_url.get_secret_value()
 
 
 def parse_instant(text: str | None, name: str) -> dt.datetime | None:
@@ -102,10 +117,14 @@ def fatal_errors() -> Iterator[None]:
     """Turn expected failures into one clear line on stderr and exit code 2."""
     import sqlalchemy as sa
 
+    from paymetrics.config.loader import ConfigError
     from paymetrics.storage.base import CheckpointConflict, StoreUnavailable
 
     try:
         yield
+    except ConfigError as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
     except StoreUnavailable as error:
         console.print(f"[red]error:[/red] database: {error}", highlight=False)
         raise typer.Exit(2) from None
@@ -139,30 +158,39 @@ class _StopFlag:
 
 
 def execute_run(
-    source_spec: str,
-    db: str,
-    archive_url: str | None,
-    batch_max_events: int,
-    max_lateness_seconds: float,
+    manager: ConfigManager,
+    *,
     expected_total: int | None = None,
     show_progress: bool = True,
+    hot_reload: bool = False,
+    watch: bool = False,
 ) -> dict[str, Any]:
-    """Run the pipeline; returns the summary. Shared by `run`, `demo` and `bench`."""
+    """Run the pipeline; returns the summary. Shared by `run`, `demo` and `bench`.
+
+    With `hot_reload`, SIGHUP reloads the configuration at the next batch
+    boundary; with `watch` too, so do edits of the file (and App Configuration).
+    """
     from paymetrics.archive import ParquetArchive
-    from paymetrics.pipeline import BatchReport, Pipeline, PipelineOptions
+    from paymetrics.pipeline import BatchReport, Pipeline
     from paymetrics.sources import open_source
     from paymetrics.storage import open_store
 
-    options = PipelineOptions(
-        batch_max_events=batch_max_events, max_lateness_seconds=max_lateness_seconds
-    )
-    source = open_source(source_spec)
-    store = open_store(db)
+    settings = manager.settings
+    if not settings.source.url:
+        raise Fatal("no source: give --source SPEC or set source.url in the configuration")
+    source = open_source(settings.source.url)
+    store = open_store(settings.storage.db_url.get_secret_value())
+    archive_url = settings.storage.archive_url
     archive = ParquetArchive(archive_url) if archive_url else None
     stop = _StopFlag()
     stop.install()
+    if hot_reload:
+        signal.signal(signal.SIGHUP, lambda *_: manager.request_reload("SIGHUP"))
     try:
         store.prepare()
+        options = manager.attach(store)
+        if hot_reload and watch:
+            manager.watch()
         progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
@@ -181,14 +209,21 @@ def execute_run(
                 progress.advance(task, report.counts.messages)
 
             pipeline = Pipeline(store, archive, options)
-            stats = pipeline.run(source, on_batch=advance, should_stop=stop)
+            stats = pipeline.run(
+                source,
+                on_batch=advance,
+                should_stop=stop,
+                between_batches=manager.between_batches if hot_reload else None,
+            )
         totals = store.table_counts()
     finally:
+        manager.close()
         store.close()
     return {
         "source": source.source_id,
         "database": store.url_for_display,
         "archive": archive_url,
+        "config_version": manager.applied.version if manager.applied else None,
         "events_in": stats.messages,
         "normalized": stats.normalized,
         "duplicates": stats.duplicates,
@@ -202,6 +237,31 @@ def execute_run(
         "stage_seconds": stats.stage_seconds,
         "stopped_by": stop.signal,
     }
+
+
+def hermetic_run(
+    source_spec: str,
+    db: str,
+    archive_url: str | None,
+    batch_max_events: int,
+    *,
+    expected_total: int | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """A run on built-in defaults plus these values only (no file, no environment)."""
+    from paymetrics.config import ConfigManager
+
+    manager = ConfigManager(
+        environ={},
+        flags={
+            ("source", "url"): source_spec,
+            ("storage", "db_url"): db,
+            ("storage", "archive_url"): archive_url,
+            ("batching", "batch_max_events"): batch_max_events,
+        },
+        applied_by="paymetrics demo",
+    )
+    return execute_run(manager, expected_total=expected_total, show_progress=show_progress)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -234,44 +294,89 @@ def print_summary(summary: dict[str, Any]) -> None:
         )
 
 
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="YAML or TOML configuration file. Default: $PAYMETRICS_CONFIG, else none "
+        "(built-in defaults)",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def run(
+    config: ConfigOption = None,
     source: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--source", "-s", metavar="SPEC", help="file:PATH or simulator:?events=N&seed=S"
+            "--source",
+            "-s",
+            metavar="SPEC",
+            help="file:PATH or simulator:?events=N&seed=S (overrides source.url)",
+            show_default=False,
         ),
-    ],
+    ] = None,
     db: DbOption = None,
     archive: Annotated[
-        str, typer.Option(metavar="URL", help="fsspec URL of the raw Parquet archive")
-    ] = str(DEFAULT_DATA_DIR / "raw"),
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="fsspec URL of the raw Parquet archive (overrides storage.archive_url; "
+            "default paymetrics-data/raw)",
+            show_default=False,
+        ),
+    ] = None,
     no_archive: Annotated[
         bool, typer.Option("--no-archive", help="do not write the raw archive")
     ] = False,
     batch_max_events: Annotated[
-        int, typer.Option(metavar="N", help="messages per batch (at least 1)")
-    ] = 50_000,
+        int | None,
+        typer.Option(metavar="N", help="messages per batch (default 50000)", show_default=False),
+    ] = None,
     max_lateness_seconds: Annotated[
-        float,
+        float | None,
         typer.Option(
             metavar="SECONDS",
             help="an event older than the newest seen on its partition by more than this "
-            "is dead-lettered as too_late",
+            "is dead-lettered as too_late (default 604800: 7 days)",
+            show_default=False,
         ),
-    ] = 7 * 86_400,
+    ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch/--no-watch",
+            help="apply edits of the configuration file at batch boundaries "
+            "(SIGHUP reloads either way)",
+        ),
+    ] = True,
     summary_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Process a source to its end: store events, dead letters, metrics, checkpoint."""
+    from paymetrics.config import ConfigManager, setup_logging
+
+    flags: dict[tuple[str | int, ...], Any] = {}
+    for path, value in (
+        (("source", "url"), source),
+        (("storage", "db_url"), db),
+        (("storage", "archive_url"), archive),
+        (("batching", "batch_max_events"), batch_max_events),
+        (("lateness", "max_lateness_seconds"), max_lateness_seconds),
+    ):
+        if value is not None:
+            flags[path] = value
+    if no_archive:
+        flags[("storage", "archive_url")] = None
     with fatal_errors():
+        manager = ConfigManager(config_file=config, flags=flags)
+        setup_logging(manager.settings.logging, console)
         summary = execute_run(
-            source,
-            db_url(db),
-            None if no_archive else archive,
-            batch_max_events,
-            max_lateness_seconds,
-            show_progress=not quiet and not summary_json,
+            manager, show_progress=not quiet and not summary_json, hot_reload=True, watch=watch
         )
     if summary_json:
         out.print_json(json.dumps(summary))
@@ -353,29 +458,36 @@ def _emit(rows: Sequence[dict[str, Any]], fmt: Format, title: str) -> None:
     out.print(table)
 
 
-def _query(statement: Any, db: str | None) -> list[dict[str, Any]]:
+@contextmanager
+def reading_store(url: str, revision: str = "0001") -> Iterator[SqlStore]:
+    """An existing database at `revision` or later, opened without creating or migrating."""
     import sqlalchemy as sa
 
     from paymetrics.storage import open_store
     from paymetrics.storage.migrate import current_revision
     from paymetrics.storage.sql import SqlStore
 
-    url = db_url(db)
     database = sa.make_url(url).database
     if url.startswith("sqlite") and database and not Path(database).exists():
         raise Fatal(f"no database file at {database}")
     store = open_store(url)
     assert isinstance(store, SqlStore)
     try:
-        if current_revision(store.engine) is None:  # reading must not take the write lock
+        current = current_revision(store.engine)  # reading must not take the write lock
+        if current is None or current < revision:
             raise Fatal(
-                f"database {store.url_for_display} has no paymetrics tables yet; "
+                f"database {store.url_for_display} has no paymetrics tables "
+                f"{'yet' if current is None else 'for this (schema ' + current + ')'}; "
                 "run `paymetrics run` or `paymetrics db upgrade` first"
             )
-        with store.engine.connect() as conn:
-            return [dict(row) for row in conn.execute(statement).mappings()]
+        yield store
     finally:
         store.close()
+
+
+def _query(statement: Any, db: str | None) -> list[dict[str, Any]]:
+    with reading_store(db_url(db)) as store, store.engine.connect() as conn:
+        return [dict(row) for row in conn.execute(statement).mappings()]
 
 
 @query_app.command("metrics")

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from paymetrics.bench import realistic_config
-from paymetrics.cli import console, execute_run, out, print_summary
+from paymetrics.cli import console, hermetic_run, out, print_summary
 from paymetrics.simulator import generate
 
 __all__ = ["run_demo"]
@@ -51,12 +51,11 @@ def run_demo(*, events: int, data_dir: Path, seed: int) -> None:
             progress.advance(task, len(chunk))
     console.print(f"simulated {events:,} payment events (seed {seed}) → {input_path}")
 
-    summary = execute_run(
+    summary = hermetic_run(
         f"file:{input_path}",
         f"sqlite:///{db_path}",
         str(archive),
         batch_max_events=50_000,
-        max_lateness_seconds=7 * 86_400,
         expected_total=events,
     )
     print_summary(summary)

@@ -1,0 +1,456 @@
+"""The one typed configuration: every option, its unit, its default, its check.
+
+Defaults give the embedded set-up (SQLite, local Parquet) with no file at all.
+Models are frozen: a running pipeline swaps a whole validated `Settings` at a
+batch boundary and never sees one half-changed. Expressions in metric rules are
+parsed and type-checked here, at load time, never at first use.
+
+Each field's docstring is its documentation (`docs/configuration.md` is
+generated from this module), so keep them short and say what the unit is.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Literal
+
+import pyarrow as pa
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from paymetrics.normalize import NORMALIZED_SCHEMA
+
+__all__ = [
+    "EVENT_SCHEMA",
+    "ApiSettings",
+    "BatchingSettings",
+    "ComplianceSettings",
+    "FxSettings",
+    "LatenessSettings",
+    "LoggingSettings",
+    "MetricRuleSettings",
+    "RetentionSettings",
+    "Settings",
+    "SourceSettings",
+    "StorageSettings",
+    "ValidationRuleSettings",
+    "ValidationSettings",
+]
+
+DEFAULT_DB_URL = "sqlite:///paymetrics-data/paymetrics.db"
+DEFAULT_ARCHIVE_URL = "paymetrics-data/raw"
+
+#: The columns rule expressions may use: the normalized event, without pipeline bookkeeping.
+EVENT_SCHEMA = pa.schema(
+    [f for f in NORMALIZED_SCHEMA if f.name not in {"source_position", "message_index"}]
+)
+
+Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        hide_input_in_errors=True,  # an input may be a secret
+        coerce_numbers_to_str=True,  # App Configuration and YAML may give 123456 for a string
+    )
+
+    #: Changing a field of this section takes effect only after a restart.
+    restart_required: ClassVar[bool] = False
+
+
+class SourceSettings(Section):
+    """Where events come from."""
+
+    restart_required = True
+
+    url: str | None = None
+    """Where events come from: `file:PATH` (JSON Lines, a glob, .gz) or
+    `simulator:?events=N&seed=S`. `paymetrics run --source` overrides it."""
+
+
+class StorageSettings(Section):
+    """The database (events, dead letters, metrics, checkpoints) and the raw archive."""
+
+    restart_required = True
+
+    db_url: SecretStr = SecretStr(DEFAULT_DB_URL)
+    """SQLAlchemy URL of the database. May hold a password, so it is a secret: shown
+    with the password hidden, never logged. Also read from `PAYMETRICS_DB_URL`."""
+    archive_url: str | None = DEFAULT_ARCHIVE_URL
+    """fsspec URL of the raw Parquet archive; null disables the archive."""
+    pool_size: int = Field(5, ge=1, le=1000)
+    """Database connections kept open per process (server databases only)."""
+    pool_max_overflow: int = Field(10, ge=0, le=1000)
+    """Extra connections opened under load beyond `pool_size`."""
+    pool_timeout_seconds: float = Field(30.0, gt=0)
+    """How long to wait for a free connection before failing."""
+
+    @field_validator("db_url")
+    @classmethod
+    def _is_sqlalchemy_url(cls, value: SecretStr) -> SecretStr:
+        import sqlalchemy as sa
+
+        try:
+            sa.make_url(value.get_secret_value())
+        except sa.exc.ArgumentError:
+            raise ValueError(
+                "not a SQLAlchemy URL (e.g. sqlite:///path/to/file.db or "
+                "postgresql+psycopg://user@host/db)"
+            ) from None
+        return value
+
+
+class BatchingSettings(Section):
+    """How messages are grouped: one batch is one database transaction."""
+
+    restart_required = True  # batch boundaries name archive files; they stay fixed per run
+
+    batch_max_events: int = Field(50_000, ge=1, le=1_000_000)
+    """Most messages per batch (one database transaction each)."""
+    batch_max_seconds: float = Field(1.0, gt=0, le=3600)
+    """Longest a streaming source waits to fill a batch before sending a smaller one."""
+
+
+class LatenessSettings(Section):
+    """How late an event may arrive and still count."""
+
+    max_lateness_seconds: float = Field(7 * 86_400, ge=0)
+    """An event older than the newest one already seen on its partition by more than
+    this is dead-lettered as `too_late`. Judged on event time, never the wall clock."""
+
+
+class ValidationRuleSettings(Section):
+    """One validation rule: on or off, and its parameters."""
+
+    enabled: bool = True
+    """Whether the rule runs. A disabled rule lets through what it would reject."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """The rule's parameters (see the rule list below)."""
+
+
+def _default_rules() -> dict[str, ValidationRuleSettings]:
+    from paymetrics.validate import RULES
+
+    return {name: ValidationRuleSettings() for name in RULES}
+
+
+class ValidationSettings(Section):
+    """Validation rules applied on top of the event contract."""
+
+    rules: dict[str, ValidationRuleSettings] = Field(default_factory=_default_rules)
+    """Named validation rules from the registry; a rule left out keeps its default (on)."""
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(
+        cls, value: dict[str, ValidationRuleSettings]
+    ) -> dict[str, ValidationRuleSettings]:
+        from paymetrics.validate import RULES
+
+        problems = []
+        for name, rule in value.items():
+            if name not in RULES:
+                problems.append(
+                    f"unknown validation rule {name!r}; valid rules: {', '.join(sorted(RULES))}"
+                )
+                continue
+            try:
+                RULES[name].Params.model_validate(rule.params)
+            except ValueError as error:
+                problems.append(f"{name}.params: {_first_line(error)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return {**_default_rules(), **value}
+
+
+def _first_line(error: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in error.errors(include_url=False)
+        )
+    return str(error).splitlines()[0]
+
+
+class MetricRuleSettings(Section):
+    """A config-defined metric, computed into `dynamic_metrics` per window."""
+
+    name: Identifier
+    """Metric name in `dynamic_metrics` (lower-case letters, digits, underscores)."""
+    description: str = ""
+    """What the number means, for the people who read it."""
+    enabled: bool = True
+    """A disabled rule is kept in the config but computes nothing."""
+    filter: str | None = None
+    """Which events count: a SQL-like boolean expression over event columns. Null: all."""
+    aggregate: Literal["count", "sum", "avg", "min", "max", "ratio"] = "count"
+    """count, sum, avg, min, max of `value`, or ratio = events matching `numerator` / events."""
+    value: str | None = None
+    """Numeric expression aggregated by sum, avg, min and max (e.g. `amount_minor`)."""
+    numerator: str | None = None
+    """For ratio: a boolean expression over the filtered events."""
+    group_by: list[str] = Field(default_factory=list)
+    """Event columns the metric is broken down by (its `dimensions`)."""
+    window: Literal["1m", "5m", "15m", "1h", "1d"] = "5m"
+    """Tumbling window in UTC the metric is computed over."""
+
+    @field_validator("filter", "numerator")
+    @classmethod
+    def _boolean_expression(cls, value: str | None) -> str | None:
+        from paymetrics.metrics.expressions import parse_filter
+
+        if value is not None:
+            parse_filter(value, EVENT_SCHEMA)
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _numeric_expression(cls, value: str | None) -> str | None:
+        from paymetrics.metrics.expressions import parse_value
+
+        if value is not None:
+            parse_value(value, EVENT_SCHEMA)
+        return value
+
+    @field_validator("group_by")
+    @classmethod
+    def _known_columns(cls, value: list[str]) -> list[str]:
+        unknown = [c for c in value if c not in EVENT_SCHEMA.names]
+        if unknown:
+            raise ValueError(
+                f"unknown column {unknown[0]!r}; columns: {', '.join(EVENT_SCHEMA.names)}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("a column is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _fields_fit_the_aggregate(self) -> MetricRuleSettings:
+        needs_value = self.aggregate in {"sum", "avg", "min", "max"}
+        if needs_value and self.value is None:
+            raise ValueError(f"value: required for aggregate {self.aggregate!r}")
+        if not needs_value and self.value is not None:
+            raise ValueError(f"value: not used by aggregate {self.aggregate!r}; remove it")
+        if self.aggregate == "ratio" and self.numerator is None:
+            raise ValueError("numerator: required for aggregate 'ratio'")
+        if self.aggregate != "ratio" and self.numerator is not None:
+            raise ValueError(f"numerator: only used by aggregate 'ratio', not {self.aggregate!r}")
+        return self
+
+
+class CurrencyAmount(Section):
+    """An amount in a currency, e.g. a reporting threshold."""
+
+    amount: Decimal = Field(gt=0)
+    """In major units of `currency` (10000 = USD 10,000.00)."""
+    currency: str = "USD"
+    """ISO 4217 code the amount is in."""
+
+
+class ComplianceRuleSettings(Section):
+    """A compliance rule: on or off, and the severity of its alerts."""
+
+    enabled: bool = True
+    """Whether the rule raises alerts."""
+    severity: Literal["info", "low", "medium", "high", "critical"] = "medium"
+    """Severity written on the alert."""
+
+
+class LargeTransactionRule(ComplianceRuleSettings):
+    """`large_transaction`: one approved amount at or above a threshold."""
+
+    threshold: CurrencyAmount = CurrencyAmount(amount=Decimal(10_000))
+    """A single approved amount at or above this (converted with `fx`) raises an alert."""
+
+
+class DailyAggregateRule(ComplianceRuleSettings):
+    """`daily_aggregate_threshold`: a customer's approved total in one UTC day."""
+
+    threshold: CurrencyAmount = CurrencyAmount(amount=Decimal(10_000))
+    """One customer's approved amounts in one UTC day summing above this."""
+
+
+class StructuringRule(ComplianceRuleSettings):
+    """`structuring`: repeated amounts just below the reporting threshold."""
+
+    threshold: CurrencyAmount = CurrencyAmount(amount=Decimal(10_000))
+    """The reporting threshold the transactions stay just below."""
+    band_low_fraction: float = Field(0.8, gt=0, lt=1)
+    """Lower edge of the suspicious band, as a fraction of the threshold."""
+    min_transactions: int = Field(3, ge=2)
+    """How many in-band transactions by one customer raise the alert."""
+    period_seconds: int = Field(86_400, ge=60)
+    """Within how long."""
+
+
+class VelocityRule(ComplianceRuleSettings):
+    """`velocity`: too many authorizations by one customer in a period."""
+
+    max_authorizations: int = Field(5, ge=1)
+    """More authorizations than this by one customer within the period raise an alert."""
+    period_seconds: int = Field(12 * 3600, ge=60)
+    """The period, in seconds."""
+
+
+class DeclineSpikeRule(ComplianceRuleSettings):
+    """`decline_spike`: a merchant's approval rate below its trailing baseline."""
+
+    margin: float = Field(0.2, gt=0, lt=1)
+    """Alert when a window's approval rate is below the trailing baseline by this much."""
+    baseline_windows: int = Field(12, ge=1)
+    """Trailing 5-minute windows the baseline is computed over."""
+    min_authorizations: int = Field(20, ge=1)
+    """Windows with fewer authorizations are not judged."""
+
+
+class LatencySloRule(ComplianceRuleSettings):
+    """`latency_slo`: p95 latency above an objective."""
+
+    p95_ms: float = Field(1000.0, gt=0)
+    """p95 latency above this, per merchant or card network, breaks the SLO."""
+    subject: Literal["merchant_id", "card_network"] = "card_network"
+    """What the SLO is measured per."""
+
+
+class ComplianceSettings(Section):
+    """Compliance monitoring rules and their thresholds."""
+
+    large_transaction: LargeTransactionRule = LargeTransactionRule(severity="medium")
+    """Large single transactions."""
+    daily_aggregate_threshold: DailyAggregateRule = DailyAggregateRule(severity="high")
+    """Daily per-customer totals above the reporting threshold."""
+    structuring: StructuringRule = StructuringRule(severity="high")
+    """Several transactions just below the threshold."""
+    velocity: VelocityRule = VelocityRule(severity="medium")
+    """Too many authorizations by one customer."""
+    decline_spike: DeclineSpikeRule = DeclineSpikeRule(severity="medium")
+    """A merchant's approval rate falling below its baseline."""
+    latency_slo: LatencySloRule = LatencySloRule(severity="low")
+    """p95 latency above the SLO."""
+    pan_exposure: ComplianceRuleSettings = ComplianceRuleSettings(severity="critical")
+    """An event carried a full card number (masked before storage; the alert says where)."""
+
+
+class FxSettings(Section):
+    """Exchange rates, for thresholds given in a reporting currency."""
+
+    reporting_currency: str = "USD"
+    """ISO 4217 code amounts are converted to for thresholds."""
+    rates: dict[str, Decimal] = Field(default_factory=dict)
+    """Units of the reporting currency per one major unit of each currency (EUR: 1.08)."""
+
+    @field_validator("reporting_currency")
+    @classmethod
+    def _iso_code(cls, value: str) -> str:
+        return _currency(value)
+
+    @field_validator("rates")
+    @classmethod
+    def _iso_rates(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        out = {}
+        for code, rate in value.items():
+            if rate <= 0:
+                raise ValueError(f"{code}: a rate must be greater than 0, got {rate}")
+            out[_currency(code)] = rate
+        return out
+
+
+def _currency(code: str) -> str:
+    from paymetrics.validate.iso import currency_codes
+
+    upper = code.upper()
+    if upper not in currency_codes().to_pylist():
+        raise ValueError(f"{code!r} is not an ISO 4217 currency code")
+    return upper
+
+
+class RetentionSettings(Section):
+    """How long stored data is kept (null: forever)."""
+
+    raw_archive_days: int | None = Field(None, ge=1)
+    """Days raw Parquet files are kept; null keeps them forever (audit default)."""
+    normalized_days: int | None = Field(None, ge=1)
+    """Days `normalized_transactions` rows are kept; null keeps them forever."""
+    dead_letters_days: int | None = Field(None, ge=1)
+    """Days `failed_items` rows are kept; null keeps them forever."""
+    metrics_days: int | None = Field(None, ge=1)
+    """Days metric rows are kept; null keeps them forever."""
+
+
+class LoggingSettings(Section):
+    """Log level and format (stderr)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Least severe log level written."""
+    format: Literal["console", "json"] = "console"
+    """console: one readable line per record; json: one JSON object per line."""
+
+
+class ApiSettings(Section):
+    """The HTTP query API."""
+
+    restart_required = True
+
+    host: str = "127.0.0.1"
+    """Address the HTTP API listens on (loopback by default)."""
+    port: int = Field(8080, ge=1, le=65535)
+    """TCP port of the HTTP API."""
+    token: SecretStr | None = None
+    """Bearer token the API requires; null: no authentication (loopback only)."""
+
+
+class Settings(Section):
+    """Everything paymetrics can be told. Every section has working defaults."""
+
+    source: SourceSettings = SourceSettings()
+    """Where events come from."""
+    storage: StorageSettings = StorageSettings()
+    """Database and raw archive."""
+    batching: BatchingSettings = BatchingSettings()
+    """How events are grouped into transactions."""
+    lateness: LatenessSettings = LatenessSettings()
+    """How late an event may arrive."""
+    validation: ValidationSettings = ValidationSettings()
+    """Validation rules on top of the event contract."""
+    metrics: list[MetricRuleSettings] = Field(default_factory=list)
+    """Metric rules computed into `dynamic_metrics`, besides the fixed `payment_metrics_5m`."""
+    compliance: ComplianceSettings = ComplianceSettings()
+    """Compliance monitoring rules and their thresholds."""
+    fx: FxSettings = FxSettings()
+    """Exchange rates for thresholds given in a reporting currency."""
+    retention: RetentionSettings = RetentionSettings()
+    """How long stored data is kept."""
+    logging: LoggingSettings = LoggingSettings()
+    """Log level and format."""
+    api: ApiSettings = ApiSettings()
+    """The HTTP query API."""
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_names(
+        cls, value: list[MetricRuleSettings], info: ValidationInfo
+    ) -> list[MetricRuleSettings]:
+        seen: set[str] = set()
+        for rule in value:
+            if rule.name in seen:
+                raise ValueError(f"metric name {rule.name!r} is used twice")
+            seen.add(rule.name)
+        return value
+
+    def rules_document(self) -> dict[str, Any]:
+        """What decides the numbers (not where they go): hashed into a config version."""
+        from paymetrics.config.versions import rules_document
+
+        return rules_document(self)
