@@ -229,7 +229,10 @@ class CliResult:
 def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment CLI subprocesses run with: nothing inherited that changes output."""
     env = {
-        k: v for k, v in os.environ.items() if k not in {"PAYMETRICS_DB_URL", "COLUMNS", "LINES"}
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"PAYMETRICS_DB_URL", "PAYMETRICS_CONFIG", "COLUMNS", "LINES"}
+        and not k.startswith(("PAYMETRICS__", "PAYMETRICS_APPCONFIG_"))
     }
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})

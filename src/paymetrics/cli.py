@@ -222,7 +222,9 @@ def execute_run(
     return {
         "source": source.source_id,
         "database": store.url_for_display,
-        "archive": archive_url,
+        "archive": "**********"
+        if ("storage", "archive_url") in manager.loaded.secret_paths
+        else archive_url,
         "config_version": manager.applied.version if manager.applied else None,
         "events_in": stats.messages,
         "normalized": stats.normalized,
