@@ -183,7 +183,7 @@ def _int_remainder(a: Any, b: Any) -> Any:
     """Truncated remainder (sign of the dividend), NULL for `% 0`."""
     zero = pc.equal(b, 0)
     divisor = pc.if_else(pc.or_(zero, pc.equal(b, -1)), 1, b)  # x % -1 == x % 1 == 0
-    r = pc.subtract(a, pc.multiply(pc.floor(pc.divide(pc.cast(a, pa.float64()), divisor)).cast(pa.int64()), divisor))
+    r = pc.subtract(a, pc.multiply(pc.divide(a, divisor), divisor))
     return _null_where(zero, r)
 
 
@@ -220,7 +220,7 @@ def _case(count: int) -> Callable[..., Any]:
 
     def run(*args: Any) -> Any:
         conditions = pc.make_struct(*args[:count], field_names=[str(i) for i in range(count)])
-        return pc.case_when(conditions, *args[count:])
+        return pc.case_when(pc.make_struct(*args[:count][::-1], field_names=[str(i) for i in range(count)]), *args[count:][:-1][::-1], args[-1])
 
     return run
 
