@@ -86,7 +86,9 @@ def run_bench(
         "--json",
         "--quiet",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(cores), "ARROW_NUM_THREADS": str(cores)}
+    # Embedded defaults only: no configuration file, App Configuration or PAYMETRICS__ overrides.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYMETRICS")}
+    env.update(OMP_NUM_THREADS=str(cores), ARROW_NUM_THREADS=str(cores))
     started = time.perf_counter()
     child = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
         command,

@@ -46,7 +46,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-query_app = typer.Typer(help="Read stored metrics and dead letters.", no_args_is_help=True)
+query_app = typer.Typer(
+    help="Read stored metrics, config-defined metrics and dead letters.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database schema: upgrade and inspect.", no_args_is_help=True)
 app.add_typer(query_app, name="query")
 app.add_typer(db_app, name="db")
@@ -524,6 +526,48 @@ def query_metrics(
             stmt = stmt.where(t.c.window_start < hi)
         stmt = stmt.order_by(t.c.window_start, t.c.merchant_id, t.c.payment_method, t.c.currency)
         _emit(_query(stmt.limit(limit), db), fmt, "payment_metrics_5m")
+
+
+@query_app.command("dynamic")
+def query_dynamic(
+    metric: Annotated[str | None, typer.Option(help="metric_name (a rule's name)")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="window_start >= this")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="window_start < this")] = None,
+    version: Annotated[
+        int | None, typer.Option(help="only rows computed by this config version")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 1000,
+    fmt: Annotated[Format, typer.Option("--format")] = Format.table,
+    db: DbOption = None,
+) -> None:
+    """dynamic_metrics rows (config-defined metrics), oldest window first."""
+    import sqlalchemy as sa
+
+    from paymetrics.storage.tables import dynamic_metrics as t
+
+    with fatal_errors():
+        stmt = sa.select(
+            t.c.metric_name,
+            t.c.window_start,
+            t.c.window_seconds,
+            t.c.dimensions,
+            t.c.value,
+            t.c.aggregate,
+            t.c.count,
+            t.c.config_version,
+        )
+        if metric is not None:
+            stmt = stmt.where(t.c.metric_name == metric)
+        if version is not None:
+            stmt = stmt.where(t.c.config_version == version)
+        if (lo := parse_instant(start, "--from")) is not None:
+            stmt = stmt.where(t.c.window_start >= lo)
+        if (hi := parse_instant(end, "--to")) is not None:
+            stmt = stmt.where(t.c.window_start < hi)
+        stmt = stmt.order_by(t.c.window_start, t.c.metric_name, t.c.dimensions, t.c.config_version)
+        with reading_store(db_url(db), revision="0002") as store, store.engine.connect() as conn:
+            rows = [dict(row) for row in conn.execute(stmt.limit(limit)).mappings()]
+        _emit(rows, fmt, "dynamic_metrics")
 
 
 @query_app.command("dlq")

@@ -165,3 +165,26 @@ def test_history_lists_versions_and_diffs_two(run_cli: RunCli, tmp_path: Path) -
     result = run_cli("config", "history", "--db", db, "--diff", "1", "9")
     assert result.returncode == 2
     assert "no config version 9; recorded versions: 1, 2" in result.stderr
+
+
+def test_query_dynamic_shows_rows_per_rule_version(run_cli: RunCli, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    config = tmp_path / "p.yaml"
+    for n, status in enumerate(["approved", "declined"]):
+        config.write_text(
+            "metrics:\n  - name: outcome\n    window: 1h\n"
+            f"    filter: \"event_type = 'authorization' AND status = '{status}'\"\n"
+        )
+        source = f"simulator:?events=300&seed=4&start=2026-0{n + 1}-01T00:00:00Z"
+        result = run_cli("run", "-c", config, "-s", source, "--db", db, "-q", "--no-archive")
+        assert result.returncode == 0, result.describe()
+    result = run_cli("query", "dynamic", "--metric", "outcome", "--db", db, "--format", "json")
+    assert result.returncode == 0, result.describe()
+    rows = json.loads(result.stdout)
+    assert {r["config_version"] for r in rows} == {1, 2}
+    assert all(r["window_seconds"] == 3600 and r["dimensions"] == "{}" for r in rows)
+    january = sum(r["count"] for r in rows if r["window_start"].startswith("2026-01"))
+    february = sum(r["count"] for r in rows if r["window_start"].startswith("2026-02"))
+    assert january > february > 0  # approvals outnumber declines
+    result = run_cli("query", "dynamic", "--db", db, "--version", "2", "--format", "json")
+    assert {r["config_version"] for r in json.loads(result.stdout)} == {2}
