@@ -102,6 +102,14 @@ def _plain(section: Any) -> Any:
     return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in dumped.items()}
 
 
+def _relog(old: Settings, new: Settings) -> None:
+    """Logging settings apply live."""
+    if new.logging != old.logging:
+        from paymetrics.config.logs import setup_logging
+
+        setup_logging(new.logging)
+
+
 class ConfigManager:
     """Owns the applied configuration of one running process."""
 
@@ -231,6 +239,7 @@ class ConfigManager:
         if document == old.rules_document() and not stuck:
             log.info("config reload (%s): no change to the rules", reason)
             self.loaded = loaded
+            _relog(old, loaded.settings)
             return True
         applied = self.store.record_config(
             document, f"paymetrics run ({reason}), {self._applied_by}", self.origin
@@ -238,6 +247,7 @@ class ConfigManager:
         self.loaded = loaded
         self.applied = applied
         pipeline.reconfigure(pipeline_options(loaded.settings, applied))
+        _relog(old, loaded.settings)
         log.info("config version %d applied (%s)", applied.version, reason)
         return True
 

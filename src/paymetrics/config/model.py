@@ -325,7 +325,8 @@ class LatencySloRule(ComplianceRuleSettings):
 
 
 class ComplianceSettings(Section):
-    """Compliance monitoring rules and their thresholds."""
+    """Compliance monitoring rules and their thresholds. Validated and versioned now;
+    the rules are evaluated once compliance monitoring is built."""
 
     large_transaction: LargeTransactionRule = LargeTransactionRule(severity="medium")
     """Large single transactions."""
@@ -377,7 +378,8 @@ def _currency(code: str) -> str:
 
 
 class RetentionSettings(Section):
-    """How long stored data is kept (null: forever)."""
+    """How long stored data is kept (null: forever). Declared and validated; deleting
+    old data is not built yet (it must not let an expired `event_id` count twice)."""
 
     raw_archive_days: int | None = Field(None, ge=1)
     """Days raw Parquet files are kept; null keeps them forever (audit default)."""
@@ -399,7 +401,7 @@ class LoggingSettings(Section):
 
 
 class ApiSettings(Section):
-    """The HTTP query API."""
+    """The HTTP query API (settings only: the API itself is not built yet)."""
 
     restart_required = True
 
