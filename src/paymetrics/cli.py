@@ -183,7 +183,11 @@ def execute_run(
     source = open_source(settings.source.url)
     store = open_store(settings.storage.db_url.get_secret_value())
     archive_url = settings.storage.archive_url
-    archive = ParquetArchive(archive_url) if archive_url else None
+    archive = (
+        ParquetArchive(archive_url, **settings.storage.archive_storage_options())
+        if archive_url
+        else None
+    )
     stop = _StopFlag()
     stop.install()
     if hot_reload:

@@ -87,13 +87,26 @@ class StorageSettings(Section):
     """SQLAlchemy URL of the database. May hold a password, so it is a secret: shown
     with the password hidden, never logged. Also read from `PAYMETRICS_DB_URL`."""
     archive_url: str | None = DEFAULT_ARCHIVE_URL
-    """fsspec URL of the raw Parquet archive; null disables the archive."""
+    """fsspec URL of the raw Parquet archive (a path, `az://container/prefix`, `abfs://`,
+    `s3://`); null disables the archive."""
+    archive_options: dict[str, SecretStr] = Field(default_factory=dict)
+    """fsspec storage options of the archive (`connection_string`, `account_name`,
+    `account_key`, `sas_token`, `anon`, …). Secrets, every one: never shown or logged.
+    Without credentials, Azure URLs use DefaultAzureCredential."""
     pool_size: int = Field(5, ge=1, le=1000)
     """Database connections kept open per process (server databases only)."""
     pool_max_overflow: int = Field(10, ge=0, le=1000)
     """Extra connections opened under load beyond `pool_size`."""
     pool_timeout_seconds: float = Field(30.0, gt=0)
     """How long to wait for a free connection before failing."""
+
+    def archive_storage_options(self) -> dict[str, Any]:
+        """The archive options as fsspec wants them: plain values (`"false"` → False)."""
+        out: dict[str, Any] = {}
+        for key, secret in self.archive_options.items():
+            value = secret.get_secret_value()
+            out[key] = {"true": True, "false": False}.get(value.lower(), value)
+        return out
 
     @field_validator("db_url")
     @classmethod
