@@ -37,7 +37,7 @@ def metric_definition(rule: MetricRuleSettings) -> dict[str, Any]:
         "numerator": None
         if rule.numerator is None
         else parse_filter(rule.numerator, EVENT_SCHEMA).canonical,
-        "group_by": list(rule.group_by),
+        "group_by": sorted(rule.group_by),  # order does not change the numbers
         "window": rule.window,
     }
 

@@ -220,7 +220,7 @@ def _case(count: int) -> Callable[..., Any]:
 
     def run(*args: Any) -> Any:
         conditions = pc.make_struct(*args[:count], field_names=[str(i) for i in range(count)])
-        return pc.case_when(pc.make_struct(*args[:count][::-1], field_names=[str(i) for i in range(count)]), *args[count:][:-1][::-1], args[-1])
+        return pc.case_when(conditions, *args[count:])
 
     return run
 
@@ -266,9 +266,13 @@ _NUMERIC: frozenset[Kind] = frozenset({"int", "float", "null"})
 # -- translation: sqlglot AST -> _Node, with type checks ------------------------------
 
 
+def _one_line(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _fragment(node: _Sql) -> str:
-    text = node.sql(dialect=DIALECT, comments=False)
-    return text if len(text) <= 120 else text[:117] + "..."
+    return _one_line(node.sql(dialect=DIALECT, comments=False))
 
 
 _CONSTRUCTS = {
@@ -644,13 +648,12 @@ def _kind_of(dtype: pa.DataType) -> Kind | None:
 
 
 def _syntax_error(text: str, error: SqlglotError) -> ExpressionError:
-    shown = " ".join(text.split())
+    shown = _one_line(text)
     if isinstance(error, TokenError):
         return ExpressionError(f"cannot read '{shown}': unterminated string or invalid character")
     details = error.errors[0] if isinstance(error, ParseError) and error.errors else {}
     description = str(details.get("description") or str(error).splitlines()[0])
-    missing = _MISSING_ARG.match(description)
-    if missing:
+    if _MISSING_ARG.match(description):
         description = "incomplete expression"
     elif description.startswith("Invalid expression / Unexpected token"):
         description = "unexpected token"
@@ -668,13 +671,14 @@ def _parse_tree(text: str) -> _Sql:
     except SqlglotError as error:
         raise _syntax_error(text, error) from None
     except RecursionError:
-        raise ExpressionError(f"expression nested too deeply: '{text[:60]}...'") from None
+        raise ExpressionError(f"expression nested too deeply: '{_one_line(text, 60)}'") from None
     found = [s for s in statements if s is not None]
     if not found:
         raise ExpressionError("empty expression")
-    if len(statements) > 1 or isinstance(found[0], exp.Block):
+    block = getattr(exp, "Block", None)  # what sqlglot >= 30 makes of `a; b`
+    if len(statements) > 1 or (block is not None and isinstance(found[0], block)):
         raise ExpressionError(
-            f"one expression expected, got several statements separated by ';': '{text.strip()}'"
+            f"one expression expected, got several statements separated by ';': '{_one_line(text)}'"
         )
     return found[0]
 
@@ -710,11 +714,11 @@ def parse_expression(text: str, schema: pa.Schema) -> Expression:
     translator = _Translator(schema)
     try:
         root = translator.translate(tree)
+        for node, key, value in translator.rewrites:
+            node.set(key, value)
+        canonical = tree.sql(dialect=DIALECT, comments=False)
     except RecursionError:
-        raise ExpressionError(f"expression nested too deeply: '{text[:60]}...'") from None
-    for node, key, value in translator.rewrites:
-        node.set(key, value)
-    canonical = tree.sql(dialect=DIALECT, comments=False)
+        raise ExpressionError(f"expression nested too deeply: '{_one_line(text, 60)}'") from None
     return Expression(text, _ARROW[root.kind], frozenset(translator.columns), canonical, root)
 
 
@@ -723,7 +727,8 @@ def parse_filter(text: str, schema: pa.Schema) -> Expression:
     expression = parse_expression(text, schema)
     if expression.type != pa.bool_():
         raise ExpressionError(
-            f"a filter must be a boolean condition, got {_type_name(expression.type)}: '{text}'"
+            f"a filter must be a boolean condition, got {_type_name(expression.type)}: "
+            f"'{_one_line(text)}'"
         )
     return expression
 
@@ -733,7 +738,7 @@ def parse_value(text: str, schema: pa.Schema) -> Expression:
     expression = parse_expression(text, schema)
     if expression.type not in (pa.int64(), pa.float64()):
         raise ExpressionError(
-            f"a value must be a number, got {_type_name(expression.type)}: '{text}'"
+            f"a value must be a number, got {_type_name(expression.type)}: '{_one_line(text)}'"
         )
     return expression
 
