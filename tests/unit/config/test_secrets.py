@@ -29,7 +29,7 @@ from paymetrics.config.secrets import (
     parse_reference,
 )
 
-SECRET = "hunter2-Sup3rS3cret"  # noqa: S105 - a test value that must never appear in an error
+SECRET = "hunter2-Sup3rS3cret"
 VAULT = "https://myvault.vault.azure.net/"
 
 
