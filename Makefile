@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_EVENTS ?= 1000000
 DATA ?= paymetrics-data
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/paymetrics bench --events 1000000
+
+docs: $(STAMP)  ## regenerate the option reference in docs/configuration.md
+	sed -n '1,/^<!-- BEGIN GENERATED/p' docs/configuration.md | sed '$$d' > docs/.configuration.md
+	$(BIN)/paymetrics config docs >> docs/.configuration.md
+	mv docs/.configuration.md docs/configuration.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

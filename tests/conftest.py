@@ -349,8 +349,38 @@ def postgres_url() -> Iterator[str]:
         engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def postgres_schema(postgres_url: str) -> Iterator[Callable[[str], str]]:
+    """`postgres_schema(tag)`: a URL bound to a new, empty schema (all dropped at the end).
+
+    For tests that need a database of their own (a whole run compared with another).
+    """
+    base = sa.make_url(postgres_url)
+    engine = sa.create_engine(base)
+    created: list[str] = []
+
+    def make(tag: str) -> str:
+        schema = f"pm_{tag}_{uuid.uuid4().hex[:10]}".lower()
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        created.append(schema)
+        options = " ".join(
+            o for o in (base.query.get("options") or "").split() if "search_path" not in o
+        )
+        options = f"{options} -csearch_path={schema}".strip()
+        return base.update_query_dict({"options": options}).render_as_string(hide_password=False)
+
+    try:
+        yield make
+    finally:
+        with engine.begin() as conn:
+            for schema in created:
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use `postgres_url` carry the `postgres` marker (`-m "not postgres"`)."""
     for item in items:
-        if "postgres_url" in getattr(item, "fixturenames", ()):
+        if {"postgres_url", "postgres_schema"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.postgres)

@@ -181,7 +181,12 @@ def execute_run(
     if not settings.source.url:
         raise Fatal("no source: give --source SPEC or set source.url in the configuration")
     source = open_source(settings.source.url)
-    store = open_store(settings.storage.db_url.get_secret_value())
+    store = open_store(
+        settings.storage.db_url.get_secret_value(),
+        pool_size=settings.storage.pool_size,
+        pool_max_overflow=settings.storage.pool_max_overflow,
+        pool_timeout_seconds=settings.storage.pool_timeout_seconds,
+    )
     archive_url = settings.storage.archive_url
     archive = (
         ParquetArchive(archive_url, **settings.storage.archive_storage_options())

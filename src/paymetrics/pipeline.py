@@ -100,9 +100,11 @@ class RunStats:
 
 
 def _payload_text(message: bytes) -> str:
+    """The dead letter's payload as text; a raw NUL byte is written `\x00` (no text
+    column of PostgreSQL can hold it)."""
     if len(message) > MAX_EVENT_BYTES:
         message = message[:MAX_EVENT_BYTES]
-    return message.decode("utf-8", errors="backslashreplace")
+    return message.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
 
 
 def _first_occurrences(ids: pa.ChunkedArray) -> npt.NDArray[np.bool_]:

@@ -329,6 +329,28 @@ class E2E:
     model: Model
 
 
+#: Config-defined metrics in both runs, so the dynamic_metrics paths are compared too.
+RULES = """
+metrics:
+  - name: approvals_by_network
+    filter: "event_type = 'authorization' AND status = 'approved'"
+    group_by: [card_network]
+    window: 1h
+  - name: decline_share
+    filter: "event_type = 'authorization'"
+    aggregate: ratio
+    numerator: "status = 'declined'"
+    group_by: [merchant_id]
+    window: 15m
+  - name: refund_amount
+    filter: "event_type = 'refund'"
+    aggregate: avg
+    value: amount_minor
+    group_by: [currency, country]
+    window: 1d
+"""
+
+
 def build_e2e(work: Path, run_cli_in: Any) -> None:
     """The simulated file (with blank lines), its labels, and one `paymetrics run` of it."""
     lines: list[bytes] = []
@@ -350,8 +372,11 @@ def build_e2e(work: Path, run_cli_in: Any) -> None:
     path = work / "events.jsonl"
     path.write_bytes(b"".join(line + b"\n" for line in lines))
     (work / "labels.json").write_text(json.dumps(labels))
+    (work / "paymetrics.yaml").write_text(RULES)
     result = run_cli_in(
         "run",
+        "--config",
+        work / "paymetrics.yaml",
         "--source",
         f"file:{path}",
         "--db",
@@ -368,7 +393,7 @@ def build_e2e(work: Path, run_cli_in: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def e2e(build_once: Any, run_cli_in: Any) -> E2E:
+def e2e_sqlite(build_once: Any, run_cli_in: Any) -> E2E:
     work = build_once("e2e", lambda d: build_e2e(d, run_cli_in))
     path = work / "events.jsonl"
     lines = path.read_bytes().split(b"\n")
@@ -378,6 +403,52 @@ def e2e(build_once: Any, run_cli_in: Any) -> E2E:
     return E2E(
         path, f"sqlite:///{work / 'pm.db'}", work / "raw", summary, build_model(lines, labels)
     )
+
+
+@pytest.fixture(scope="module")
+def e2e_postgres(
+    e2e_sqlite: E2E,
+    postgres_schema: Any,
+    run_cli_in: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> E2E:
+    """The same file, the same command, a PostgreSQL database."""
+    url = postgres_schema("e2e")
+    work = tmp_path_factory.mktemp("e2e-postgres")
+    result = run_cli_in(
+        "run",
+        "--config",
+        e2e_sqlite.path.parent / "paymetrics.yaml",
+        "--source",
+        f"file:{e2e_sqlite.path}",
+        "--db",
+        url,
+        "--archive",
+        work / "raw",
+        "--batch-max-events",
+        str(BATCH),
+        "--json",
+        cwd=work,
+    )
+    assert result.returncode == 0, result.describe()
+    return E2E(e2e_sqlite.path, url, work / "raw", json.loads(result.stdout), e2e_sqlite.model)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def e2e(request: pytest.FixtureRequest) -> E2E:
+    """Every check below runs against SQLite and against PostgreSQL."""
+    fixture: E2E = request.getfixturevalue(f"e2e_{request.param}")
+    return fixture
+
+
+def test_sqlite_and_postgres_hold_identical_tables(e2e_sqlite: E2E, e2e_postgres: E2E) -> None:
+    from tests.conftest import dump_tables
+
+    on_sqlite = dump_tables(e2e_sqlite.db_url)
+    on_postgres = dump_tables(e2e_postgres.db_url)
+    for table, rows in on_sqlite.items():
+        assert rows, f"{table} is empty on SQLite"
+        assert on_postgres[table] == rows, f"{table} differs between SQLite and PostgreSQL"
 
 
 def _select(url: str, table: str) -> list[dict[str, Any]]:

@@ -79,16 +79,22 @@ CASES: Final[dict[str, tuple[list[dict[str, object]], list[dict[str, object]]]]]
         [{"occurred_at": US_2024}, {"occurred_at": 0}, {"occurred_at": -1}],
         [{"occurred_at": FIRST_US - 1}, {"occurred_at": LAST_US + 1}],
     ),
+    "no_nul_characters": (
+        [{"merchant_id": "m\\u0000"}, {"merchant_id": "ok", "customer_id": None}],
+        [{"merchant_id": "a\x00b"}, {"merchant_id": "\x00"}, {"merchant_id": "end\x00"}],
+    ),
 }
 REASONS: Final = {
     "currency_iso4217": Reason.UNKNOWN_CURRENCY,
     "country_iso3166": Reason.UNKNOWN_COUNTRY,
     "occurred_at_range": Reason.INVALID_TIMESTAMP,
+    "no_nul_characters": Reason.INVALID_VALUE,
 }
 FIELDS: Final = {
     "currency_iso4217": "currency",
     "country_iso3166": "country",
     "occurred_at_range": "occurred_at",
+    "no_nul_characters": "merchant_id",
 }
 
 
@@ -206,3 +212,32 @@ def test_empty_table() -> None:
     assert ok.shape == (0,)
     assert ok.dtype == np.bool_
     assert len(rejects) == 0
+
+
+def test_no_nul_characters_names_whichever_column_holds_it() -> None:
+    rejects = Rejects()
+    rows = table({"customer_id": "c\x00"}, {"card_network": "\x00visa"}, {"event_id": "e\x00"})
+    validate(rows, [resolve_rule("no_nul_characters")], rejects)
+    assert [m.split(":")[0] for m in rejects.message] == ["customer_id", "card_network", "event_id"]
+
+
+def test_occurred_at_range_takes_configured_bounds() -> None:
+    rule = resolve_rule(
+        "occurred_at_range",
+        {"earliest": "2024-03-01T12:00:00Z", "latest": "2024-03-01T12:00:01+00:00"},
+    )
+    rows = table(
+        {"occurred_at": US_2024 - 1}, {"occurred_at": US_2024}, {"occurred_at": US_2024 + 10**6}
+    )
+    assert rule.invalid(rows).tolist() == [True, False, True]
+    rejects = Rejects()
+    validate(rows, [rule], rejects)
+    assert rejects.message[0] == (
+        "occurred_at: before the configured earliest instant 2024-03-01 12:00:00+00:00"
+    )
+    assert rejects.message[1].startswith("occurred_at: at or after the configured latest instant")
+    with pytest.raises(ValueError, match="earliest must be before latest"):
+        resolve_rule(
+            "occurred_at_range",
+            {"earliest": "2024-01-02T00:00:00Z", "latest": "2024-01-01T00:00:00Z"},
+        )

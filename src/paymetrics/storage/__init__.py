@@ -15,8 +15,15 @@ __all__ = ["DEFAULT_DB_URL", "Store", "open_store"]
 DEFAULT_DB_URL = "sqlite:///paymetrics-data/paymetrics.db"
 
 
-def open_store(url: str) -> Store:
-    """A store for a SQLAlchemy URL, e.g. `sqlite:///paymetrics-data/paymetrics.db`."""
+def open_store(
+    url: str,
+    *,
+    pool_size: int = 5,
+    pool_max_overflow: int = 10,
+    pool_timeout_seconds: float = 30.0,
+) -> Store:
+    """A store for a SQLAlchemy URL: `sqlite:///paymetrics-data/paymetrics.db` or
+    `postgresql+psycopg://user@host/db` (pool sizes apply to PostgreSQL)."""
     try:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError:
@@ -28,7 +35,28 @@ def open_store(url: str) -> Store:
         from paymetrics.storage.sqlite import SQLiteStore, sqlite_engine
 
         return SQLiteStore(sqlite_engine(parsed))
+    if backend == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            raise ValueError(
+                f"database {parsed.render_as_string(hide_password=True)!r}: use the psycopg 3 "
+                "driver, e.g. postgresql+psycopg://user@host/db"
+            )
+        try:
+            from paymetrics.storage.postgres import PostgresStore, postgres_engine
+
+            engine = postgres_engine(
+                parsed,
+                pool_size=pool_size,
+                max_overflow=pool_max_overflow,
+                pool_timeout_seconds=pool_timeout_seconds,
+            )
+        except ImportError as error:
+            raise ValueError(
+                f"PostgreSQL needs psycopg 3 ({error}); install it with: "
+                "pip install 'paymetrics[postgres]'"
+            ) from None
+        return PostgresStore(engine)
     raise ValueError(
         f"database {parsed.render_as_string(hide_password=True)!r}: backend {backend!r} "
-        "is not supported; supported: sqlite"
+        "is not supported; supported: sqlite, postgresql (postgresql+psycopg://…)"
     )

@@ -241,7 +241,7 @@ class SqlTransaction(Transaction, abc.ABC):
             stmt = _insert(self.conn, c).values(
                 source_id=source_id, partition=state.partition, **values
             )
-            result = self.conn.execute(stmt.on_conflict_do_nothing())
+            result = self.conn.execute(stmt.on_conflict_do_nothing().returning(c.c.position))
         else:
             result = self.conn.execute(
                 c.update()
@@ -251,8 +251,10 @@ class SqlTransaction(Transaction, abc.ABC):
                     c.c.position == previous.position,
                 )
                 .values(**values)
+                .returning(c.c.position)
             )
-        if result.rowcount != 1:
+        # RETURNING, not rowcount: drivers disagree on rowcount after ON CONFLICT DO NOTHING.
+        if len(result.all()) != 1:
             raise CheckpointConflict(
                 f"partition {state.partition!r} of source {source_id!r} was advanced by another "
                 "run while this one processed it; this run stopped without storing its batch"

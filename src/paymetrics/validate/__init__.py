@@ -16,12 +16,14 @@ import pyarrow as pa
 from paymetrics.decode import Rejects
 from paymetrics.validate.base import Rule
 from paymetrics.validate.iso import CountryRule, CurrencyRule
+from paymetrics.validate.text import NoNulCharacterRule
 from paymetrics.validate.timestamps import OccurredAtRangeRule
 
 __all__ = ["DEFAULT_RULES", "RULES", "Rule", "resolve_rule", "resolve_rules", "validate"]
 
 RULES: dict[str, type[Rule]] = {
-    rule.name: rule for rule in (CurrencyRule, CountryRule, OccurredAtRangeRule)
+    rule.name: rule
+    for rule in (CurrencyRule, CountryRule, OccurredAtRangeRule, NoNulCharacterRule)
 }
 DEFAULT_RULES: tuple[str, ...] = tuple(RULES)
 

@@ -45,7 +45,12 @@ def test_no_file_no_environment_gives_the_embedded_defaults() -> None:
     assert s.storage.archive_url == "paymetrics-data/raw"
     assert s.batching.batch_max_events == 50_000
     assert s.lateness.max_lateness_seconds == 7 * 86_400
-    assert set(s.validation.rules) == {"currency_iso4217", "country_iso3166", "occurred_at_range"}
+    assert set(s.validation.rules) == {
+        "currency_iso4217",
+        "country_iso3166",
+        "occurred_at_range",
+        "no_nul_characters",
+    }
     assert all(rule.enabled for rule in s.validation.rules.values())
     assert s.metrics == []
     assert loaded.origin(("batching", "batch_max_events")) == "default"
@@ -126,7 +131,12 @@ def test_a_rule_left_out_keeps_its_default_and_params_reach_the_rule(tmp_path: P
         "        earliest: '2020-01-01T00:00:00Z'\n",
     )
     rules = load_settings(config_file=file, environ={}).settings.validation.rules
-    assert set(rules) == {"currency_iso4217", "country_iso3166", "occurred_at_range"}
+    assert set(rules) == {
+        "currency_iso4217",
+        "country_iso3166",
+        "occurred_at_range",
+        "no_nul_characters",
+    }
     assert rules["occurred_at_range"].params == {"earliest": "2020-01-01T00:00:00Z"}
 
 
