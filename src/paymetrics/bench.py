@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +61,63 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+@contextmanager
+def _fresh_database(work_dir: Path, db: str | None) -> Iterator[str]:
+    """A new, empty database for one measured run: a SQLite file, or a PostgreSQL schema
+    created for the run and dropped after it."""
+    if db is None or db.startswith("sqlite"):
+        path = work_dir / "bench.db"
+        for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            stale.unlink(missing_ok=True)
+        yield f"sqlite:///{path}"
+        return
+    import uuid
+
+    import sqlalchemy as sa
+
+    url = sa.make_url(db)
+    schema = f"paymetrics_bench_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        options = f"{url.query.get('options', '')} -csearch_path={schema}".strip()
+        yield url.update_query_dict({"options": options}).render_as_string(hide_password=False)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
 def run_bench(
-    *, events: int, work_dir: Path, batch_max_events: int = 50_000, cores: int = 1, seed: int = 7
+    *,
+    events: int,
+    work_dir: Path,
+    batch_max_events: int = 50_000,
+    cores: int = 1,
+    seed: int = 7,
+    db: str | None = None,
 ) -> dict[str, Any]:
+    """Measure one `paymetrics run` of a generated file; `db` defaults to a SQLite file."""
     work_dir.mkdir(parents=True, exist_ok=True)
     source = _input_file(work_dir, events, seed)
-    db = work_dir / "bench.db"
     archive = work_dir / "raw"
-    for stale in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
-        stale.unlink(missing_ok=True)
     shutil.rmtree(archive, ignore_errors=True)
+    with _fresh_database(work_dir, db) as url:
+        result = _measure(source, url, archive, batch_max_events, cores)
+    result["database"] = "sqlite" if url.startswith("sqlite") else sa_backend(url)
+    return result
+
+
+def sa_backend(url: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.make_url(url).render_as_string(hide_password=True).split("?")[0]
+
+
+def _measure(
+    source: Path, db: str, archive: Path, batch_max_events: int, cores: int
+) -> dict[str, Any]:
     allowed = sorted(os.sched_getaffinity(0))[:cores]
     command = [
         sys.executable,
@@ -78,7 +127,7 @@ def run_bench(
         "--source",
         f"file:{source}",
         "--db",
-        f"sqlite:///{db}",
+        db,
         "--archive",
         str(archive),
         "--batch-max-events",

@@ -13,11 +13,11 @@ import io
 import json
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -76,6 +76,9 @@ DbOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+T = TypeVar("T")
 
 
 class Format(StrEnum):
@@ -226,7 +229,7 @@ def execute_run(
                 should_stop=stop,
                 between_batches=manager.between_batches if hot_reload else None,
             )
-        totals = store.table_counts()
+        totals = _retrying(store.table_counts)
     finally:
         manager.close()
         store.close()
@@ -250,6 +253,22 @@ def execute_run(
         "stage_seconds": stats.stage_seconds,
         "stopped_by": stop.signal,
     }
+
+
+def _retrying(read: Callable[[], T], attempts: int = 6) -> T:
+    """A read-only call retried briefly across a dropped connection (the pool reconnects)."""
+    import time
+
+    from paymetrics.storage.base import is_transient
+
+    for attempt in range(attempts):
+        try:
+            return read()
+        except Exception as error:
+            if attempt == attempts - 1 or not is_transient(error):
+                raise
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def hermetic_run(
@@ -689,6 +708,16 @@ def bench(
     ),
     batch_max_events: Annotated[int, typer.Option(min=1)] = 50_000,
     cores: Annotated[int, typer.Option(min=1, help="CPU cores the run may use")] = 1,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            metavar="URL",
+            help="measure against this database (PostgreSQL: in a schema created for the run "
+            "and dropped after). Default: a fresh SQLite file",
+            show_default=False,
+        ),
+    ] = None,
     fmt: Annotated[Format, typer.Option("--format")] = Format.table,
 ) -> None:
     """Measure end-to-end and per-stage throughput and peak RSS on a generated file."""
@@ -696,7 +725,11 @@ def bench(
 
     with fatal_errors():
         result = run_bench(
-            events=events, work_dir=work_dir, batch_max_events=batch_max_events, cores=cores
+            events=events,
+            work_dir=work_dir,
+            batch_max_events=batch_max_events,
+            cores=cores,
+            db=db,
         )
     if fmt is Format.json:
         out.print_json(json.dumps(result))

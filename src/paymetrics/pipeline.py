@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import logging
+import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,10 +31,19 @@ from paymetrics.metrics.payment_5m import aggregate
 from paymetrics.metrics.windows import US_PER_SECOND, from_epoch_us
 from paymetrics.normalize import normalize
 from paymetrics.sources.base import Checkpoint, RawBatch, Source
-from paymetrics.storage.base import BatchCounts, DeadLetters, PartitionState, Store
+from paymetrics.storage.base import (
+    BatchCounts,
+    DeadLetters,
+    PartitionState,
+    Store,
+    StoreUnavailable,
+    is_transient,
+)
 from paymetrics.validate import DEFAULT_RULES, Rule, resolve_rules, validate
 
-__all__ = ["BatchReport", "Pipeline", "PipelineOptions", "RunStats"]
+__all__ = ["ArchiveUnavailable", "BatchReport", "Pipeline", "PipelineOptions", "RunStats"]
+
+log = logging.getLogger("paymetrics.pipeline")
 
 DEFAULT_MAX_LATENESS_SECONDS = 7 * 86_400
 STAGES = ("read", "mask", "decode", "normalize", "validate", "archive", "store")
@@ -50,6 +61,11 @@ class PipelineOptions:
     metric_versions: Mapping[str, int] = field(default_factory=dict)
     #: The config version in effect, recorded on every batch.
     config_version: int | None = None
+    #: First wait after a failed batch; doubles up to `retry_max_interval_seconds`.
+    retry_initial_seconds: float = 0.5
+    retry_max_interval_seconds: float = 30.0
+    #: An outage longer than this ends the run (exit 2) instead of waiting on.
+    retry_give_up_seconds: float = 900.0
 
     def __post_init__(self) -> None:
         if self.batch_max_events < 1:
@@ -173,15 +189,110 @@ class Pipeline:
             stats.stage_seconds["read"] += time.perf_counter() - t0
             if batch is None:
                 break
-            state = states.get(batch.partition)
-            with _gc_paused():
-                report, states[batch.partition] = self.process(batch, state, stats.stage_seconds)
+            report, states[batch.partition] = self._store_with_retry(
+                batch, states, stats.stage_seconds, should_stop
+            )
             source.ack(batch)
             stats.add(report)
             if on_batch is not None:
                 on_batch(report)
         stats.elapsed_seconds = time.perf_counter() - started
         return stats
+
+    def _store_with_retry(
+        self,
+        batch: RawBatch,
+        states: dict[str, PartitionState],
+        timings: dict[str, float],
+        should_stop: Callable[[], bool],
+    ) -> tuple[BatchReport, PartitionState]:
+        """`process` the batch; while the database or archive is away, wait and try again.
+
+        Capped exponential backoff with full jitter; one log line when an outage starts
+        and one when it ends. Nothing is acknowledged before its transaction commits.
+        When a connection drops during COMMIT the outcome is unknown, so each retry
+        first reads the checkpoint back: a batch already stored is not stored twice.
+        """
+        options = self.options
+        outage_started: float | None = None
+        attempt = 0
+        while True:
+            try:
+                done = None
+                if attempt:
+                    states.update(self.store.load_state(batch.source_id))
+                    done = self._already_stored(batch, states)
+                if done is not None:
+                    report = done
+                else:
+                    with _gc_paused():
+                        report, states[batch.partition] = self.process(
+                            batch, states.get(batch.partition), timings
+                        )
+                if outage_started is not None:
+                    log.warning(
+                        "store available again after %.1f s and %d retries; batch %s..%s stored",
+                        time.monotonic() - outage_started,
+                        attempt,
+                        batch.positions[0],
+                        batch.positions[-1],
+                    )
+                return report, states[batch.partition]
+            except Exception as error:
+                if not (is_transient(error) or isinstance(error, ArchiveUnavailable)):
+                    raise
+                cause = _one_line(error)
+                now = time.monotonic()
+                if outage_started is None:
+                    outage_started = now
+                    log.warning(
+                        "%s unavailable (%s); retrying batch %s..%s of %s with backoff",
+                        "archive" if isinstance(error, ArchiveUnavailable) else "database",
+                        cause,
+                        batch.positions[0],
+                        batch.positions[-1],
+                        batch.partition,
+                    )
+                waited = now - outage_started
+                if waited >= options.retry_give_up_seconds:
+                    raise StoreUnavailable(
+                        f"gave up after {waited:.0f} s of retries (retry_give_up_seconds="
+                        f"{options.retry_give_up_seconds:g}); last error: {cause}; "
+                        "nothing past the last checkpoint was acknowledged"
+                    ) from None
+                cap = min(
+                    options.retry_max_interval_seconds,
+                    options.retry_initial_seconds * 2**attempt,
+                )
+                pause = random.uniform(cap / 2, cap)  # jitter, not secrecy
+                pause = min(pause, options.retry_give_up_seconds - waited)
+                deadline = time.monotonic() + max(pause, 0.0)
+                while time.monotonic() < deadline:
+                    if should_stop():
+                        raise StoreUnavailable(
+                            f"stopped during an outage ({cause}); the batch in flight was "
+                            "not stored and will be processed by the next run"
+                        ) from None
+                    time.sleep(min(0.1, max(deadline - time.monotonic(), 0.0)))
+                attempt += 1
+
+    def _already_stored(
+        self, batch: RawBatch, states: dict[str, PartitionState]
+    ) -> BatchReport | None:
+        """A report for `batch` if an earlier attempt's COMMIT went through after all."""
+        stored = states.get(batch.partition)
+        if stored is None or stored.position < batch.checkpoint.position:
+            return None
+        counts = self.store.committed_batch(
+            batch.source_id, batch.partition, batch.positions[0], batch.positions[-1]
+        ) or BatchCounts(len(batch), 0, 0, 0)
+        log.warning(
+            "batch %s..%s of %s was committed before the connection dropped; not storing it again",
+            batch.positions[0],
+            batch.positions[-1],
+            batch.partition,
+        )
+        return BatchReport(batch.partition, counts, 0, 0, 0)
 
     def process(
         self,
@@ -266,6 +377,14 @@ class Pipeline:
         return report, new_state
 
     def _archive(self, batch: RawBatch, table: pa.Table, text: pa.StringArray) -> None:
+        try:
+            self._write_archive(batch, table, text)
+        except (ValueError, TypeError, pa.ArrowInvalid):
+            raise
+        except Exception as error:  # object stores raise their own error types
+            raise ArchiveUnavailable(_one_line(error)) from error
+
+    def _write_archive(self, batch: RawBatch, table: pa.Table, text: pa.StringArray) -> None:
         assert self.archive is not None
         index = table["message_index"]
         payload = text.take(index)
@@ -336,6 +455,17 @@ def _dynamic_partials(stored: pa.Table, options: PipelineOptions) -> pa.Table:
     versions = pa.array([options.metric_versions.get(n, 0) for n in aggregates], pa.int64())
     partials = partials.append_column("aggregate", pa.array(list(aggregates.values())).take(at))
     return partials.append_column("config_version", versions.take(at))
+
+
+class ArchiveUnavailable(RuntimeError):
+    """Writing the raw archive failed (storage unreachable, throttled, …); retried."""
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of an error's own message (SQLAlchemy appends SQL and links)."""
+    orig = getattr(error, "orig", None)
+    text = str(orig if orig is not None else error).strip().splitlines()
+    return f"{type(orig or error).__name__}: {text[0] if text else ''}"[:300]
 
 
 @dataclass(frozen=True, slots=True)

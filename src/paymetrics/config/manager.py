@@ -66,6 +66,9 @@ def pipeline_options(settings: Settings, applied: AppliedConfig | None) -> Pipel
         metric_rules=metric_rules,
         metric_versions={} if applied is None else dict(applied.metric_versions),
         config_version=None if applied is None else applied.version,
+        retry_initial_seconds=settings.storage.retry_initial_seconds,
+        retry_max_interval_seconds=settings.storage.retry_max_interval_seconds,
+        retry_give_up_seconds=settings.storage.retry_give_up_seconds,
     )
 
 

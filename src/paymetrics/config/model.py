@@ -99,6 +99,14 @@ class StorageSettings(Section):
     """Extra connections opened under load beyond `pool_size`."""
     pool_timeout_seconds: float = Field(30.0, gt=0)
     """How long to wait for a free connection before failing."""
+    retry_initial_seconds: float = Field(0.5, gt=0)
+    """First wait before retrying a batch whose database or archive write failed
+    (connection lost, deadlock, server restart); doubles per attempt, with jitter."""
+    retry_max_interval_seconds: float = Field(30.0, gt=0)
+    """Longest wait between two attempts."""
+    retry_give_up_seconds: float = Field(900.0, gt=0)
+    """An outage longer than this ends the run with exit code 2 (nothing unstored is
+    acknowledged; the next run resumes from the checkpoint)."""
 
     def archive_storage_options(self) -> dict[str, Any]:
         """The archive options as fsspec wants them: plain values (`"false"` → False)."""

@@ -31,6 +31,8 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "Transaction",
+    "TransientStoreError",
+    "is_transient",
 ]
 
 
@@ -40,6 +42,24 @@ class StoreUnavailable(RuntimeError):
 
 class CheckpointConflict(RuntimeError):
     """Another run moved this partition's checkpoint since we read it: we must not commit."""
+
+
+class TransientStoreError(RuntimeError):
+    """The batch's transaction failed for a reason that retrying can cure: a lost
+    connection, a deadlock, a serialization failure, or a concurrent writer that stored
+    the same event first. Nothing of the batch was committed (or, when the connection
+    dropped during COMMIT, possibly all of it: the retry checks the checkpoint)."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed batch may be retried as a whole."""
+    import sqlalchemy as sa
+
+    if isinstance(error, TransientStoreError):
+        return True
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +183,13 @@ class Store(abc.ABC):
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """A transaction that commits when the block ends without an exception."""
+
+    @abc.abstractmethod
+    def committed_batch(
+        self, source_id: str, partition: str, first: int, last: int
+    ) -> BatchCounts | None:
+        """The counts of a stored batch with these positions, or None (for a retry that
+        cannot tell whether its COMMIT went through)."""
 
     @abc.abstractmethod
     def record_config(

@@ -102,7 +102,10 @@ def postgres_engine(
         max_overflow=max_overflow,
         pool_timeout=pool_timeout_seconds,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": 10, "application_name": "paymetrics"},
+        connect_args={
+            "connect_timeout": 10,
+            "application_name": sa.make_url(url).query.get("application_name", "paymetrics"),
+        },
     )
 
 

@@ -325,6 +325,24 @@ class SqlStore(Store):
         with self.engine.begin() as conn:
             yield self.transaction_class(conn, self.clock)
 
+    def committed_batch(
+        self, source_id: str, partition: str, first: int, last: int
+    ) -> BatchCounts | None:
+        b = ingest_batches
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(b.c.messages, b.c.normalized, b.c.duplicates, b.c.dead_lettered)
+                .where(
+                    b.c.source_id == source_id,
+                    b.c.partition == partition,
+                    b.c.first_position == first,
+                    b.c.last_position == last,
+                )
+                .order_by(b.c.batch_id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else BatchCounts(*row)
+
     def record_config(
         self, document: dict[str, Any], applied_by: str, origin: str
     ) -> AppliedConfig:
