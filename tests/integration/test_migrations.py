@@ -130,3 +130,38 @@ def test_run_against_a_fresh_path_creates_the_schema(run_cli: Run, tmp_path: Pat
     assert differences(url) == []
     current = run_cli("db", "current", "--db", url)
     assert current.stdout.strip() == head_revision(), current.describe()
+
+
+def test_postgres_migrations_build_the_declared_schema_and_round_trip(
+    postgres_schema: Callable[[str], str],
+) -> None:
+    from paymetrics.storage.tables import POSTGRES_ONLY_INDEXES
+
+    url = postgres_schema("migrations")
+    store = open_store(url)
+    try:
+        store.prepare()
+        engine = store.engine  # type: ignore[attr-defined]
+        unexpected = [
+            d
+            for d in differences(url)
+            if not (d[0] == "remove_index" and d[1].name in POSTGRES_ONLY_INDEXES)
+        ]
+        assert unexpected == []
+        with engine.connect() as conn:
+            indexes = conn.execute(
+                sa.text(
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+                )
+            ).all()
+        brin = {name for name, definition in indexes if "USING brin" in definition}
+        assert brin == POSTGRES_ONLY_INDEXES
+        cfg = alembic_config()
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "base")
+        assert current_revision(engine) is None
+        store.prepare()
+        assert current_revision(engine) == head_revision()
+    finally:
+        store.close()

@@ -217,3 +217,13 @@ sa.Index(
     payment_metrics_5m.c.merchant_id,
     payment_metrics_5m.c.window_start,
 )
+
+#: Created by migration 0003 on PostgreSQL only (BRIN on time columns); not declared
+#: above because SQLite would build them as B-trees and pay for them on every insert.
+POSTGRES_ONLY_INDEXES = frozenset(
+    {
+        "ix_normalized_transactions_occurred_at",
+        "ix_failed_items_first_seen_at",
+        "ix_dynamic_metrics_window_start",
+    }
+)
