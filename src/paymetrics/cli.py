@@ -684,6 +684,57 @@ def db_current(db: DbOption = None) -> None:
             store.close()
 
 
+# -- retention -------------------------------------------------------------------
+
+retention_app = typer.Typer(help="Delete data older than its configured age.", no_args_is_help=True)
+app.add_typer(retention_app, name="retention")
+
+
+@retention_app.command("apply")
+def retention_apply(
+    config: ConfigOption = None,
+    db: DbOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="count what would go, delete nothing")
+    ] = False,
+    now: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ISO8601",
+            help="measure ages from this instant instead of the current time",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: Annotated[Format, typer.Option("--format")] = Format.table,
+) -> None:
+    """Delete raw partitions, events, dead letters and metrics older than `retention.*`."""
+    from paymetrics.config import load_settings
+    from paymetrics.retention import apply_retention
+
+    with fatal_errors():
+        flags: dict[tuple[str | int, ...], Any] = {} if db is None else {("storage", "db_url"): db}
+        settings = load_settings(config_file=config, flags=flags).settings
+        instant = parse_instant(now, "--now") or dt.datetime.now(dt.UTC)
+        archive_fs = archive_root = None
+        if settings.storage.archive_url:
+            import fsspec
+
+            archive_fs, archive_root = fsspec.core.url_to_fs(
+                settings.storage.archive_url, **settings.storage.archive_storage_options()
+            )
+        with reading_store(settings.storage.db_url.get_secret_value()) as store:
+            report = apply_retention(
+                store.engine,
+                settings,
+                now=instant,
+                dry_run=dry_run,
+                archive_fs=archive_fs,
+                archive_root=archive_root,
+            )
+    title = "retention (dry run: nothing deleted)" if dry_run else "retention applied"
+    _emit(report.rows(), fmt, title)
+
+
 # -- demo and bench --------------------------------------------------------------
 
 

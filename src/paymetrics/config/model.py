@@ -399,17 +399,19 @@ def _currency(code: str) -> str:
 
 
 class RetentionSettings(Section):
-    """How long stored data is kept (null: forever). Declared and validated; deleting
-    old data is not built yet (it must not let an expired `event_id` count twice)."""
+    """How long stored data is kept, in days of the data's own time (null: forever).
+    `paymetrics retention apply` deletes what is older; schedule it (cron, a timer)."""
 
     raw_archive_days: int | None = Field(None, ge=1)
     """Days raw Parquet files are kept; null keeps them forever (audit default)."""
     normalized_days: int | None = Field(None, ge=1)
-    """Days `normalized_transactions` rows are kept; null keeps them forever."""
+    """Days `normalized_transactions` rows are kept (by `occurred_at`); null keeps them
+    forever. Must cover `lateness.max_lateness_seconds`."""
     dead_letters_days: int | None = Field(None, ge=1)
     """Days `failed_items` rows are kept; null keeps them forever."""
     metrics_days: int | None = Field(None, ge=1)
-    """Days metric rows are kept; null keeps them forever."""
+    """Days metric rows and their sketches are kept (by `window_start`); null keeps them
+    forever. Usually much longer than the others."""
 
 
 class LoggingSettings(Section):
@@ -471,6 +473,17 @@ class Settings(Section):
                 raise ValueError(f"metric name {rule.name!r} is used twice")
             seen.add(rule.name)
         return value
+
+    @model_validator(mode="after")
+    def _retention_covers_lateness(self) -> Settings:
+        days = self.retention.normalized_days
+        if days is not None and days * 86_400 < self.lateness.max_lateness_seconds:
+            raise ValueError(
+                f"retention.normalized_days: {days} days is shorter than "
+                f"lateness.max_lateness_seconds ({self.lateness.max_lateness_seconds:g} s); "
+                "a late redelivery of an expired event would be counted again"
+            )
+        return self
 
     def rules_document(self) -> dict[str, Any]:
         """What decides the numbers (not where they go): hashed into a config version."""
