@@ -107,3 +107,27 @@ def batches_stored(conn: Any, url: str) -> int:
     return int(
         conn.execute(sa.text(f'SELECT count(*) FROM "{schema}".ingest_batches')).scalar_one()
     )
+
+
+def test_an_unreachable_database_is_one_line_without_the_password(tmp_path: Path) -> None:
+    secret = "pw-NEVER-SHOWN-4417"
+    url = f"postgresql+psycopg://paymetrics:{secret}@127.0.0.1:9/paymetrics"  # port 9: discard
+    env = {"PAYMETRICS_DB_URL": url}
+    for args in (
+        ("run", "--source", "simulator:?events=10", "-q"),
+        ("run", "--source", "simulator:?events=10", "-q", "--db", url),
+        ("query", "metrics"),
+        ("db", "upgrade"),
+        ("run", "--help"),
+        ("retention", "apply", "--help"),
+    ):
+        result = run_cli(*args, cwd=tmp_path, env=env, timeout=120)
+        assert secret not in result.stdout + result.stderr, args
+        if "--help" in args:
+            assert result.returncode == 0, result.describe()
+            continue
+        assert result.returncode == 2, result.describe()
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("error: database: "), lines[0]
+        assert "Traceback" not in result.stderr
