@@ -62,6 +62,15 @@ def _config_app() -> typer.Typer:
 
 app.add_typer(_config_app(), name="config")
 
+
+def _register_query_raw() -> None:
+    from paymetrics.archive.cli import query_raw
+
+    query_app.command("raw")(query_raw)
+
+
+_register_query_raw()
+
 console = Console(stderr=True, soft_wrap=True)  # one error, one line
 out = Console(soft_wrap=True)
 

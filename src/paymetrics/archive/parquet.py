@@ -3,8 +3,12 @@
 Layout: `<url>/date=YYYY-MM-DD/hour=HH/<source>-<partition>-<first>-<last>.parquet`
 (Hive-style, so DuckDB, Spark and pyarrow.dataset prune by partition). The file
 name comes from the batch's source positions: a batch delivered again after a
-crash rewrites the same files instead of adding copies. Each file is written
-under a temporary name and renamed, so a kill never leaves half a file behind.
+crash rewrites the same files instead of adding copies. No reader ever sees half a
+file under its final name (see `ParquetArchive._publish` for how, per storage).
+
+Storage failures are raised as `ArchiveUnavailable` (may pass: retry) or
+`ArchiveConfigError` (will not: fix the configuration), one line naming the URL, never a
+credential from the options (`storage.py`).
 """
 
 from __future__ import annotations
@@ -12,11 +16,17 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from paymetrics.archive.storage import (
+    is_azure,
+    open_filesystem,
+    publishes_atomically,
+    storage_errors,
+)
 
 __all__ = ["ARCHIVE_SCHEMA", "ParquetArchive"]
 
@@ -44,11 +54,18 @@ def _short(text: str) -> str:
 
 
 class ParquetArchive:
-    """Writes archive files for batches; `url` is any fsspec URL or local path."""
+    """Writes archive files for batches; `url` is any fsspec URL or local path.
+
+    `storage_options` go to the fsspec file system (for Azure: `connection_string`, or
+    `account_name` with `account_key`, `sas_token` or neither). The constructor makes
+    no request; the first write checks the container (Azure), creating it if missing.
+    """
 
     def __init__(self, url: str, **storage_options: Any) -> None:
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
+        self._options = storage_options
+        self.fs, self.root = open_filesystem(self.url, storage_options)
+        self._prepared = False
 
     def write(
         self,
@@ -68,23 +85,61 @@ class ParquetArchive:
         )
         hours = rows["occurred_at"].cast(pa.int64()).to_numpy() // _US_PER_HOUR
         paths = []
-        for hour in np.unique(hours):
-            part = rows.filter(pa.array(hours == hour))
-            start = pc.min(part["occurred_at"]).as_py()
-            folder = f"{self.root}/date={start.year:04d}-{start:%m-%d}/hour={start:%H}"
-            path = f"{folder}/{name}"
-            tmp = f"{folder}/.{name}.tmp"
-            self.fs.makedirs(folder, exist_ok=True)
-            with self.fs.open(tmp, "wb") as handle:
-                pq.write_table(
-                    part,
-                    handle,
-                    compression="zstd",
-                    # Dictionaries and min/max statistics pay off only on repetitive,
-                    # short columns; on payloads and ids they cost time for nothing.
-                    use_dictionary=_DICTIONARY_COLUMNS,
-                    write_statistics=_STATISTICS_COLUMNS,
-                )
-            self.fs.mv(tmp, path)
-            paths.append(path)
+        with storage_errors(self.url, self._options, "cannot write"):
+            self._prepare()
+            for hour in np.unique(hours):
+                part = rows.filter(pa.array(hours == hour))
+                start = pc.min(part["occurred_at"]).as_py()
+                folder = f"{self.root}/date={start.year:04d}-{start:%m-%d}/hour={start:%H}"
+                paths.append(self._publish(folder, name, part))
         return paths
+
+    def _prepare(self) -> None:
+        if self._prepared:
+            return
+        if is_azure(self.fs):
+            from paymetrics.archive.azure import check_container
+
+            check_container(self.fs, self.root, self.url, self._options, create=True)
+        self._prepared = True
+
+    def _publish(self, folder: str, name: str, part: pa.Table) -> str:
+        """Write `part` as `folder/name` so that no reader sees half of it there."""
+        path = f"{folder}/{name}"
+        if publishes_atomically(self.fs):
+            # Object stores publish an object only when its upload completes: one Put Blob,
+            # or Put Block List over staged blocks (Azure; staged blocks stay invisible),
+            # PutObject or CompleteMultipartUpload (S3, GCS alike). A reader sees the old
+            # object or the whole new one, never a prefix. So the file is built in memory
+            # and uploaded under its final name in one call. A temporary name and `mv`
+            # would buy nothing there: `mv` is a server-side copy (asynchronous on Azure),
+            # then a delete, so twice the requests and a window with two copies.
+            buffer = pa.BufferOutputStream()
+            self._write_parquet(part, buffer)
+            self.fs.pipe_file(path, buffer.getvalue().to_pybytes())
+            return path
+        # Local disks (and file systems without atomic uploads): write a dot-file, which
+        # readers skip, then rename it; on one local file system the rename is atomic.
+        tmp = f"{folder}/.{name}.tmp"
+        self.fs.makedirs(folder, exist_ok=True)
+        try:
+            with self.fs.open(tmp, "wb") as handle:
+                self._write_parquet(part, handle)
+            self.fs.mv(tmp, path)
+        except BaseException:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+            raise
+        return path
+
+    @staticmethod
+    def _write_parquet(part: pa.Table, sink: Any) -> None:
+        pq.write_table(
+            part,
+            sink,
+            compression="zstd",
+            # Dictionaries and min/max statistics pay off only on repetitive,
+            # short columns; on payloads and ids they cost time for nothing.
+            use_dictionary=_DICTIONARY_COLUMNS,
+            write_statistics=_STATISTICS_COLUMNS,
+        )
