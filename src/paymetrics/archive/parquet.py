@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from paymetrics.archive.storage import (
     is_azure,
+    is_s3,
     open_filesystem,
     publishes_atomically,
     storage_errors,
@@ -57,8 +58,9 @@ class ParquetArchive:
     """Writes archive files for batches; `url` is any fsspec URL or local path.
 
     `storage_options` go to the fsspec file system (for Azure: `connection_string`, or
-    `account_name` with `account_key`, `sas_token` or neither). The constructor makes
-    no request; the first write checks the container (Azure), creating it if missing.
+    `account_name` with `account_key`, `sas_token` or neither; for S3: `key` and
+    `secret`, `endpoint_url`, ...). The constructor makes no request; the first write
+    checks the container (Azure) or bucket (S3), creating it if missing.
     """
 
     def __init__(self, url: str, **storage_options: Any) -> None:
@@ -101,6 +103,10 @@ class ParquetArchive:
             from paymetrics.archive.azure import check_container
 
             check_container(self.fs, self.root, self.url, self._options, create=True)
+        elif is_s3(self.fs):
+            from paymetrics.archive.s3 import check_bucket
+
+            check_bucket(self.fs, self.root, self.url, self._options, create=True)
         self._prepared = True
 
     def _publish(self, folder: str, name: str, part: pa.Table) -> str:

@@ -8,8 +8,15 @@ signatures become `**********`):
 * `ArchiveUnavailable` (RuntimeError): it may pass, so retry later: endpoint unreachable,
   timeout, throttling, server error. `Pipeline` retries a batch with backoff on it.
 * `ArchiveConfigError` (also a ValueError): retrying will not help: credentials rejected
-  or missing, permission denied, invalid or missing container or archive, fsspec driver
-  not installed. `paymetrics` commands print it as one line and exit 2.
+  or missing, permission denied, invalid or missing container, bucket or archive, fsspec
+  driver not installed. `paymetrics` commands print it as one line and exit 2.
+
+The HTTP status comes from the error (`status_code`: Azure), from a botocore
+`ClientError`'s response (S3), or from the `ClientError` that s3fs translated into an
+OSError; botocore's own errors are told apart by class name (no botocore import here).
+Option values are hidden wherever they appear, except those of `PUBLIC_OPTIONS` (the
+S3 endpoint and region, which say where the archive is, as Azure's BlobEndpoint does):
+only a password inside one is hidden.
 """
 
 from __future__ import annotations
@@ -33,21 +40,45 @@ __all__ = [
     "error_code",
     "is_azure",
     "is_local",
+    "is_s3",
     "open_filesystem",
     "publishes_atomically",
     "redact",
+    "status_of",
     "storage_errors",
 ]
 
 HIDDEN = "**********"
 AZURE_PROTOCOLS = frozenset({"az", "abfs", "abfss"})
+S3_PROTOCOLS = frozenset({"s3", "s3a"})
 # Object stores that publish an object only once its upload completes (see parquet.py).
-ATOMIC_PUT_PROTOCOLS = AZURE_PROTOCOLS | {"s3", "s3a", "gs", "gcs", "memory"}
-_EXTRAS = {"az": "azure", "abfs": "azure", "abfss": "azure"}
-_DRIVERS = {"az": "adlfs", "abfs": "adlfs", "abfss": "adlfs", "s3": "s3fs", "gs": "gcsfs"}
+ATOMIC_PUT_PROTOCOLS = AZURE_PROTOCOLS | S3_PROTOCOLS | {"gs", "gcs", "memory"}
+# Options that say where the archive is, not who may use it: error messages show them.
+PUBLIC_OPTIONS = frozenset({"endpoint_url", "region_name"})
+_EXTRAS = {"az": "azure", "abfs": "azure", "abfss": "azure", "s3": "s3", "s3a": "s3"}
+_DRIVERS = {
+    "az": "adlfs",
+    "abfs": "adlfs",
+    "abfss": "adlfs",
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+}
 _SECRET_PARTS = re.compile(r"(?i)(AccountKey=|SharedAccessSignature=|\bsig=)([^;&\s'\"]+)")
 _ERROR_MODULES = ("azure", "aiohttp", "botocore", "aiobotocore", "google")
 _TRANSIENT_STATUSES = frozenset({408, 409, 429})  # timeout, conflicting state, throttled
+# Errors raised before any request that retrying cannot fix (azure-identity, botocore).
+_PERMANENT_ERRORS = frozenset(
+    {
+        "ClientAuthenticationError",  # azure-identity found no credential, or it was refused
+        "NoCredentialsError",  # botocore: no key in the options, environment or profile
+        "PartialCredentialsError",
+        "ProfileNotFound",
+        "ParamValidationError",  # botocore: e.g. an invalid bucket name
+        "NoRegionError",
+        "InvalidRegionError",
+    }
+)
 
 
 class ArchiveError(RuntimeError):
@@ -72,11 +103,29 @@ def display_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def _secrets(options: Mapping[str, Any]) -> Iterator[str]:
+    """The option values to hide, nested ones (`client_kwargs`, ...) included."""
+    for name, value in options.items():
+        if isinstance(value, Mapping):
+            yield from _secrets(value)
+        elif isinstance(value, list | tuple):
+            yield from _secrets({str(i): item for i, item in enumerate(value)})
+        elif not isinstance(value, str):
+            continue
+        elif name in PUBLIC_OPTIONS:
+            password = urlsplit(value).password if "://" in value else None
+            if password:
+                yield password
+        else:
+            yield value
+
+
 def redact(text: str, options: Mapping[str, Any]) -> str:
-    """`text` with every option value (and key or signature inside one) hidden."""
+    """`text` with every option value (and key or signature inside one) hidden, but
+    `PUBLIC_OPTIONS` (the endpoint and region) where they hold no password."""
     text = _SECRET_PARTS.sub(lambda m: m.group(1) + HIDDEN, text)
-    for value in options.values():
-        if isinstance(value, str) and len(value) >= 4:
+    for value in sorted(_secrets(options), key=len, reverse=True):
+        if len(value) >= 4:
             text = text.replace(value, HIDDEN)
     return text
 
@@ -90,6 +139,11 @@ def is_azure(fs: fsspec.AbstractFileSystem) -> bool:
     return bool(protocols & AZURE_PROTOCOLS)
 
 
+def is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    return bool(protocols & S3_PROTOCOLS)
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
@@ -99,10 +153,33 @@ def publishes_atomically(fs: fsspec.AbstractFileSystem) -> bool:
     return bool(protocols & ATOMIC_PUT_PROTOCOLS)
 
 
+def _client_response(error: BaseException) -> Mapping[str, Any] | None:
+    """The parsed response of a botocore `ClientError` (`error` or, from s3fs, its cause)."""
+    for candidate in (error, error.__cause__):
+        response = getattr(candidate, "response", None)
+        if isinstance(response, Mapping) and isinstance(response.get("Error"), Mapping):
+            return response
+    return None
+
+
 def error_code(error: BaseException) -> str | None:
-    """The service's error code (Azure: `AuthenticationFailed`, ...), if it gave one."""
+    """The service's error code (Azure: `AuthenticationFailed`, S3: `AccessDenied`, ...),
+    if it gave one."""
     code = getattr(error, "error_code", None)
+    if code is None and (response := _client_response(error)) is not None:
+        code = response["Error"].get("Code") or None
     return None if code is None else str(getattr(code, "value", code))
+
+
+def status_of(error: BaseException) -> int | None:
+    """The HTTP status of the service's answer, if there was one."""
+    status = getattr(error, "status_code", None)
+    if isinstance(status, int):
+        return status
+    response = _client_response(error)
+    metadata = response.get("ResponseMetadata") if response is not None else None
+    status = metadata.get("HTTPStatusCode") if isinstance(metadata, Mapping) else None
+    return status if isinstance(status, int) else None
 
 
 def describe_error(error: BaseException) -> str:
@@ -122,12 +199,12 @@ def _is_storage_error(error: BaseException) -> bool:
 
 
 def _is_permanent(error: BaseException) -> bool:
-    """Rejected (4xx but timeouts and throttling; refused credentials; bad arguments)."""
-    status = getattr(error, "status_code", None)
-    if isinstance(status, int):
+    """Rejected (4xx but timeouts and throttling; refused or no credentials; bad arguments)."""
+    status = status_of(error)
+    if status is not None:
         return 400 <= status < 500 and status not in _TRANSIENT_STATUSES
-    if any(cls.__name__ == "ClientAuthenticationError" for cls in type(error).__mro__):
-        return True  # azure-identity found no credential, or it was refused
+    if any(cls.__name__ in _PERMANENT_ERRORS for cls in type(error).__mro__):
+        return True
     return isinstance(error, PermissionError | ValueError | NotADirectoryError)
 
 
