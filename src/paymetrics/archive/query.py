@@ -38,6 +38,7 @@ from paymetrics.archive.storage import (
     display_url,
     is_azure,
     is_local,
+    is_s3,
     open_filesystem,
     storage_errors,
 )
@@ -150,6 +151,11 @@ class _Archive:
             from paymetrics.archive.azure import check_container
 
             if not check_container(self.fs, self.root, self.url, self.options, create=False):
+                raise missing
+        if is_s3(self.fs):  # one quick request instead of botocore's ~10 s of retries
+            from paymetrics.archive.s3 import check_bucket
+
+            if not check_bucket(self.fs, self.root, self.url, self.options, create=False):
                 raise missing
         if not self.fs.isdir(self.root):
             raise missing
