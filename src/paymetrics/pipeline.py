@@ -34,6 +34,7 @@ from paymetrics.normalize import normalize
 from paymetrics.sources.base import Checkpoint, RawBatch, Source
 from paymetrics.storage.base import (
     BatchCounts,
+    CheckpointConflict,
     DeadLetters,
     PartitionState,
     Store,
@@ -154,6 +155,7 @@ class Pipeline:
         self.reconfigure(options or PipelineOptions())
 
     _should_stop: Callable[[], bool] = staticmethod(lambda: False)  # set by `run`
+    _rebalancing = False  # set by `run`: the source's partitions may move between workers
 
     def reconfigure(self, options: PipelineOptions) -> None:
         """Use `options` from the next batch on. Call it between batches only."""
@@ -185,6 +187,7 @@ class Pipeline:
         """
         stats = RunStats()
         self._should_stop = should_stop
+        self._rebalancing = source.rebalancing
         states = self.store.load_state(source.source_id)
         source.open({p: Checkpoint(p, s.position, s.byte_offset) for p, s in states.items()})
         # Lateness is judged at preparation, which may run one batch ahead of the commits.
@@ -257,32 +260,70 @@ class Pipeline:
         first reads the checkpoint back: a batch already stored is not stored twice.
         """
         batch = prepared.batch
+        rebalancing = self._rebalancing
 
         def attempt(number: int) -> tuple[BatchReport, PartitionState]:
-            if number:
-                states.update(self.store.load_state(batch.source_id))
-                done = self._already_stored(batch, states)
-                if done is not None:
-                    return done, states[batch.partition]
-            return self.commit(prepared, states.get(batch.partition), timings)
+            fresh = bool(number)
+            for _ in range(5):  # a checkpoint race with another worker settles in a round or two
+                if fresh:
+                    states.update(self.store.load_state(batch.source_id))
+                    done = self._already_stored(
+                        batch, states, "by another worker" if rebalancing else None
+                    )
+                    if done is not None:
+                        return done, states[batch.partition]
+                try:
+                    return self._commit_on(prepared, states.get(batch.partition), timings)
+                except CheckpointConflict:
+                    if not rebalancing:
+                        raise
+                    fresh = True
+            raise CheckpointConflict(
+                f"partition {batch.partition!r} of {batch.source_id!r} kept moving under this "
+                "worker; it stopped without storing its batch"
+            )
 
         return _retrying(attempt, "database", batch, prepared.compiled.options, should_stop)
 
+    def _commit_on(
+        self,
+        prepared: _Prepared,
+        previous: PartitionState | None,
+        timings: dict[str, float],
+    ) -> tuple[BatchReport, PartitionState]:
+        """Commit on top of `previous`, judging lateness again if it was judged against
+        another watermark (the partition moved between workers in between)."""
+        stored = previous.watermark_us if previous else None
+        if prepared.basis != stored:
+            log.info(
+                "partition %s: judging batch %s..%s again against the stored watermark",
+                prepared.batch.partition,
+                prepared.batch.positions[0],
+                prepared.batch.positions[-1],
+            )
+            prepared = self.prepare(prepared.batch, stored, timings)
+        return self.commit(prepared, previous, timings)
+
     def _already_stored(
-        self, batch: RawBatch, states: dict[str, PartitionState]
+        self, batch: RawBatch, states: dict[str, PartitionState], by: str | None = None
     ) -> BatchReport | None:
-        """A report for `batch` if an earlier attempt's COMMIT went through after all."""
+        """A report for `batch` if it is stored already: an earlier attempt's COMMIT went
+        through after all, or (`by` another worker) a worker that owned the partition."""
         stored = states.get(batch.partition)
         if stored is None or stored.position < batch.checkpoint.position:
             return None
-        counts = self.store.committed_batch(
-            batch.source_id, batch.partition, batch.positions[0], batch.positions[-1]
-        ) or BatchCounts(len(batch), 0, 0, 0)
+        if by is None:  # our own commit: its counts are ours
+            counts = self.store.committed_batch(
+                batch.source_id, batch.partition, batch.positions[0], batch.positions[-1]
+            ) or BatchCounts(len(batch), 0, 0, 0)
+        else:  # for this worker, a redelivery of what another stored: all duplicates
+            counts = BatchCounts(len(batch), 0, len(batch), 0)
         log.warning(
-            "batch %s..%s of %s was committed before the connection dropped; not storing it again",
+            "batch %s..%s of %s was stored already %s; not storing it again",
             batch.positions[0],
             batch.positions[-1],
             batch.partition,
+            by or "(its COMMIT went through before the connection dropped)",
         )
         return BatchReport(batch.partition, counts, 0, 0, 0)
 
@@ -339,7 +380,7 @@ class Pipeline:
             event_ids=[rejects.event_id[k] for k in order],
             payloads=[_payload_text(masked[rejects.index[k]]) for k in order],
         )
-        return _Prepared(batch, compiled, unique, table.num_rows, dead, watermark)
+        return _Prepared(batch, compiled, unique, table.num_rows, dead, watermark, watermark_us)
 
     def commit(
         self,
@@ -582,6 +623,8 @@ class _Prepared:
     valid_rows: int
     dead: DeadLetters
     watermark: int | None
+    #: The partition watermark lateness was judged against.
+    basis: int | None
 
 
 def _repeat(value: str, n: int) -> pa.Array:

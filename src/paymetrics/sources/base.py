@@ -58,6 +58,9 @@ class Source(abc.ABC):
     """
 
     source_id: str
+    #: True when partitions can move between workers (a consumer group): a checkpoint
+    #: that moved under us then means "another worker stored it", not "a second run".
+    rebalancing: bool = False
 
     def open(self, checkpoints: Mapping[str, Checkpoint]) -> None:  # noqa: B027 - optional hook
         """Receive the stored checkpoints, keyed by partition, before the first batch."""
