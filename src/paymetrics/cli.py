@@ -178,6 +178,7 @@ def execute_run(
     show_progress: bool = True,
     hot_reload: bool = False,
     watch: bool = False,
+    until_idle_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline; returns the summary. Shared by `run`, `demo` and `bench`.
 
@@ -193,6 +194,8 @@ def execute_run(
     if not settings.source.url:
         raise Fatal("no source: give --source SPEC or set source.url in the configuration")
     source = open_source(settings.source.url)
+    if until_idle_seconds is not None and hasattr(source, "idle_seconds"):
+        source.idle_seconds = until_idle_seconds
     store = open_store(
         settings.storage.db_url.get_secret_value(),
         pool_size=settings.storage.pool_size,
@@ -357,7 +360,8 @@ def run(
             "--source",
             "-s",
             metavar="SPEC",
-            help="file:PATH or simulator:?events=N&seed=S (overrides source.url)",
+            help="file:PATH, simulator:?events=N&seed=S or kafka://host:port/topic?group=NAME "
+            "(overrides source.url)",
             show_default=False,
         ),
     ] = None,
@@ -395,10 +399,20 @@ def run(
             "(SIGHUP reloads either way)",
         ),
     ] = True,
+    until_idle: Annotated[
+        float | None,
+        typer.Option(
+            "--until-idle",
+            metavar="SECONDS",
+            help="broker sources: exit 0 (after committing) once no message arrived for this long",
+            show_default=False,
+        ),
+    ] = None,
     summary_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Process a source to its end: store events, dead letters, metrics, checkpoint."""
+    """Process a source to its end (a broker source: until stopped or idle): store
+    events, dead letters, metrics, checkpoint."""
     from paymetrics.config import ConfigManager, setup_logging
 
     flags: dict[tuple[str | int, ...], Any] = {}
@@ -417,7 +431,11 @@ def run(
         manager = ConfigManager(config_file=config, flags=flags)
         setup_logging(manager.settings.logging, console)
         summary = execute_run(
-            manager, show_progress=not quiet and not summary_json, hot_reload=True, watch=watch
+            manager,
+            show_progress=not quiet and not summary_json,
+            hot_reload=True,
+            watch=watch,
+            until_idle_seconds=until_idle,
         )
     if summary_json:
         out.print_json(json.dumps(summary))

@@ -188,6 +188,8 @@ class Pipeline:
         stats = RunStats()
         self._should_stop = should_stop
         self._rebalancing = source.rebalancing
+        if hasattr(source, "should_stop"):  # a broker source polls; it must hear SIGTERM
+            source.should_stop = should_stop
         states = self.store.load_state(source.source_id)
         source.open({p: Checkpoint(p, s.position, s.byte_offset) for p, s in states.items()})
         # Lateness is judged at preparation, which may run one batch ahead of the commits.

@@ -16,7 +16,7 @@ from paymetrics.sources import SOURCES, Checkpoint, RawBatch, open_source
 # --------------------------------------------------------------------------- registry
 
 
-@pytest.mark.parametrize("spec", ["kafka:topic", "nope", "", "s3://bucket/x"])
+@pytest.mark.parametrize("spec", ["eventhubs://ns/hub", "nope", "", "s3://bucket/x"])
 def test_unknown_scheme_names_the_supported_ones(spec: str) -> None:
     with pytest.raises(ValueError, match="scheme") as info:
         open_source(spec)
@@ -24,6 +24,37 @@ def test_unknown_scheme_names_the_supported_ones(spec: str) -> None:
         assert f"{name}:" in str(info.value)
     assert "file:" in str(info.value)
     assert "simulator:" in str(info.value)
+    assert "kafka:" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ("kafka:topic", "no broker address"),
+        ("kafka://h:9092/", "the path must be one topic name"),
+        ("kafka://h:9092/a/b?group=g", "the path must be one topic name"),
+        ("kafka://h:9092/t", "option group=NAME (the consumer group) is required"),
+        ("kafka://h:9092/t?group=g&nope=1", "unknown options ['nope']"),
+        ("kafka://h:9092/t?group=g&offset_reset=middle", "offset_reset must be earliest or latest"),
+        ("kafka://h:9092/t?group=g&poll_seconds=x", "poll_seconds must be a number"),
+    ],
+)
+def test_a_bad_kafka_spec_names_the_problem(spec: str, problem: str) -> None:
+    with pytest.raises(ValueError, match="kafka source") as info:
+        open_source(spec)
+    assert problem in str(info.value)
+
+
+def test_a_kafka_spec_passes_librdkafka_properties_and_names_the_source_by_topic_and_group() -> (
+    None
+):
+    source = open_source("kafka://h1:9092,h2:9092/payments?group=pm&session.timeout.ms=2000")
+    assert source.source_id == "kafka:payments?group=pm"
+    assert source.rebalancing
+    config = source.config  # type: ignore[attr-defined]
+    assert config["bootstrap.servers"] == "h1:9092,h2:9092"
+    assert config["session.timeout.ms"] == "2000"
+    assert config["enable.auto.commit"] is False
 
 
 # --------------------------------------------------------------------------- file

@@ -1,4 +1,5 @@
-"""Sources by URL scheme: `file:PATH` and `simulator:?events=N&seed=S`.
+"""Sources by URL scheme: `file:PATH`, `simulator:?events=N&seed=S`,
+`kafka://host:port/topic?group=NAME`.
 
 `open_source(spec)` is the factory: it picks the class from the scheme and
 names the supported schemes when it does not know one. Broker sources (Kafka,
@@ -26,7 +27,17 @@ def _simulator(rest: str) -> Source:
     return SimulatorSource(rest)
 
 
-SOURCES: dict[str, Callable[[str], Source]] = {"file": _file, "simulator": _simulator}
+def _kafka(rest: str) -> Source:
+    from paymetrics.sources.kafka import KafkaSource
+
+    return KafkaSource(rest)
+
+
+SOURCES: dict[str, Callable[[str], Source]] = {
+    "file": _file,
+    "simulator": _simulator,
+    "kafka": _kafka,
+}
 
 
 def open_source(spec: str) -> Source:
