@@ -461,8 +461,24 @@ def simulate(
         str, typer.Option(help="baseline, decline_spike or latency_degradation")
     ] = "baseline",
     output: Annotated[str, typer.Option("--output", "-o", help="file path, or - for stdout")] = "-",
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="URL",
+            help="publish to a broker instead: kafka://host:port/topic (keyed by merchant)",
+            show_default=False,
+        ),
+    ] = None,
+    events_per_second: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001, help="with --to: publish at this rate (default: as fast as possible)"
+        ),
+    ] = None,
 ) -> None:
-    """Write simulated payment events as JSON Lines (deterministic per seed)."""
+    """Write simulated payment events as JSON Lines (deterministic per seed), or publish
+    them to a broker."""
     from paymetrics.simulator import SimulatorConfig, write_jsonl
 
     with fatal_errors():
@@ -477,6 +493,14 @@ def simulate(
         )
         if (first := parse_instant(start, "--start")) is not None:
             config = dataclasses.replace(config, start=first)
+        if to is not None:
+            if output != "-":
+                raise Fatal("give either --to URL or --output FILE, not both")
+            from paymetrics.simulator.publish import publish_kafka
+
+            count = publish_kafka(config, to, events_per_second=events_per_second)
+            console.print(f"published {count:,} events to {to}")
+            return
         if output == "-":
             write_jsonl(config, sys.stdout.buffer)
             sys.stdout.buffer.flush()

@@ -104,3 +104,63 @@ def test_a_bad_kafka_spec_names_what_is_missing(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "the path must be one topic name" in result.stderr
     assert "option group=NAME (the consumer group) is required" in result.stderr
+
+
+def test_simulate_publishes_the_same_stream_keyed_by_merchant(
+    kafka_broker: Any, tmp_path: Path
+) -> None:
+    import io
+
+    topic = kafka_broker.create_topic(partitions=3)
+    result = run_cli(
+        "simulate",
+        "--events",
+        "3000",
+        "--seed",
+        "4",
+        "--rate-invalid",
+        "0.02",
+        "--to",
+        f"kafka://{kafka_broker.bootstrap_servers}/{topic}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.describe()
+    assert "published 3,000 events" in result.stderr
+
+    consumer = kafka_broker.consumer("check")
+    consumer.subscribe([topic])
+    received: list[Any] = []
+    deadline = 60.0
+    import time
+
+    until = time.monotonic() + deadline
+    while len(received) < 3000 and time.monotonic() < until:
+        received += [m for m in consumer.consume(500, timeout=1.0) if m.error() is None]
+    consumer.close()
+    assert len(received) == 3000
+
+    expected = io.BytesIO()
+    write_jsonl(SimulatorConfig(events=3000, seed=4, rate_invalid=0.02), expected)
+    lines = expected.getvalue().splitlines()
+    assert sorted(m.value() for m in received) == sorted(lines)
+    partitions_of: dict[bytes, set[int]] = {}
+    for m in received:
+        if m.key() is not None:
+            partitions_of.setdefault(m.key(), set()).add(m.partition())
+            assert json.loads(m.value())["merchant_id"].encode() == m.key()
+    assert partitions_of, "no keyed messages"
+    assert all(len(p) == 1 for p in partitions_of.values()), "a merchant spread over partitions"
+    # in order per merchant, as produced
+    by_offset = sorted(received, key=lambda m: m.offset())
+    for key in list(partitions_of)[:20]:
+        got = [m.value() for m in by_offset if m.key() == key]
+        want = [line for line in lines if merchant_of(line) == key]
+        assert got == want
+
+
+def merchant_of(line: bytes) -> bytes | None:
+    try:
+        merchant = json.loads(line).get("merchant_id")
+    except (ValueError, AttributeError):
+        return None
+    return merchant.encode() if isinstance(merchant, str) and merchant else None
