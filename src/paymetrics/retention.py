@@ -42,21 +42,13 @@ class RetentionReport:
     kept_forever: list[str] = field(default_factory=list)
 
     def rows(self) -> list[dict[str, Any]]:
+        count = "would_remove" if self.dry_run else "removed"
         out: list[dict[str, Any]] = [
-            {
-                "what": what,
-                "older_than": cutoff.isoformat(),
-                "removed" if not self.dry_run else "would_remove": count,
-            }
-            for what, (cutoff, count) in self.removed.items()
+            {"what": what, "older_than": cutoff.isoformat(), count: n}
+            for what, (cutoff, n) in self.removed.items()
         ]
         out += [
-            {
-                "what": what,
-                "older_than": "(kept forever)",
-                "removed" if not self.dry_run else "would_remove": 0,
-            }
-            for what in self.kept_forever
+            {"what": what, "older_than": "(kept forever)", count: 0} for what in self.kept_forever
         ]
         return out
 

@@ -78,10 +78,7 @@ class LoadedConfig:
 
     def origin(self, path: Path_) -> str:
         """The layer that set `path` (or one of its parents), else 'default'."""
-        for n in range(len(path), 0, -1):
-            if path[:n] in self.origins:
-                return self.origins[path[:n]]
-        return "default"
+        return origin_of(self.origins, path)
 
 
 def format_path(path: Path_) -> str:

@@ -35,7 +35,7 @@ log = logging.getLogger("paymetrics.config")
 def pipeline_options(settings: Settings, applied: AppliedConfig | None) -> PipelineOptions:
     """The pipeline's view of a configuration (rules compiled, versions attached)."""
     from paymetrics.config.model import EVENT_SCHEMA
-    from paymetrics.metrics.dynamic import WINDOWS, compile_rule
+    from paymetrics.metrics.dynamic import compile_rule
     from paymetrics.pipeline import PipelineOptions
     from paymetrics.validate import resolve_rule
 
@@ -58,7 +58,6 @@ def pipeline_options(settings: Settings, applied: AppliedConfig | None) -> Pipel
         for rule in settings.metrics
         if rule.enabled
     ]
-    assert all(r.window_seconds in WINDOWS.values() for r in metric_rules)
     return PipelineOptions(
         batch_max_events=settings.batching.batch_max_events,
         max_lateness_seconds=settings.lateness.max_lateness_seconds,
@@ -206,7 +205,7 @@ class ConfigManager:
             self._resolver.invalidate()
         try:
             loaded = self._load()
-            candidate = pipeline_options(loaded.settings, None)
+            pipeline_options(loaded.settings, None)  # compiles every rule: fails here, not later
         except (ConfigError, ValueError) as error:
             problems = getattr(error, "problems", None) or [str(error)]
             log.error(
@@ -216,7 +215,6 @@ class ConfigManager:
                 "; ".join(problems),
             )
             return False
-        del candidate
         old = self.settings
         stuck = restart_paths(old, loaded.settings)
         if stuck:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.services import accepts as _accepts
+from tests.services import free_port
+from tests.services import log_tail as _tail
 
 REQUIRE_SERVICES_ENV = "PAYMETRICS_REQUIRE_SERVICES"
 AZURITE_HOME_ENV = "PAYMETRICS_AZURITE_HOME"
@@ -115,29 +117,6 @@ def _install() -> Path | str:
         marker.write_text(spec)
         (home / "install-seconds.txt").write_text(f"{time.monotonic() - started:.1f}\n")
     return executable
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip())
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.services import accepts as _accepts
+from tests.services import free_port
+from tests.services import log_tail as _tail
 
 REQUIRE_SERVICES_ENV = "PAYMETRICS_REQUIRE_SERVICES"
 TANSU_BIN_ENV = "PAYMETRICS_TANSU_BIN"
@@ -70,14 +72,6 @@ def _unavailable(reason: str) -> None:
             pytrace=False,
         )
     pytest.skip(reason)
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip())
 
 
 def _version(executable: Path) -> str | None:
@@ -194,21 +188,6 @@ def _install() -> tuple[Path, str] | str:
     if version is None:
         return f"no tansu binary for this platform: {executable} does not run here"
     return executable, version
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _broker_env() -> dict[str, str]:

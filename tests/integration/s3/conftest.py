@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.services import accepts as _accepts
+from tests.services import free_port
+from tests.services import log_tail as _tail
 
 REQUIRE_SERVICES_ENV = "PAYMETRICS_REQUIRE_SERVICES"
 START_TIMEOUT_SECONDS = 60
@@ -83,29 +85,6 @@ def _missing() -> str | None:
         if importlib.util.find_spec(module) is None:
             return f"S3 tests need {install} (pip install '{install}'): {module} is not installed"
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip())
 
 
 @dataclass(frozen=True)
