@@ -16,7 +16,7 @@ from paymetrics.sources import SOURCES, Checkpoint, RawBatch, open_source
 # --------------------------------------------------------------------------- registry
 
 
-@pytest.mark.parametrize("spec", ["eventhubs://ns/hub", "nope", "", "s3://bucket/x"])
+@pytest.mark.parametrize("spec", ["eventhub://ns/hub", "nope", "", "s3://bucket/x"])
 def test_unknown_scheme_names_the_supported_ones(spec: str) -> None:
     with pytest.raises(ValueError, match="scheme") as info:
         open_source(spec)
@@ -25,6 +25,23 @@ def test_unknown_scheme_names_the_supported_ones(spec: str) -> None:
     assert "file:" in str(info.value)
     assert "simulator:" in str(info.value)
     assert "kafka:" in str(info.value)
+    assert "eventhubs:" in str(info.value)
+
+
+@pytest.mark.parametrize("spec", ["file:x.jsonl", "simulator:?events=3"])
+def test_options_are_refused_by_a_source_that_takes_none(spec: str) -> None:
+    with pytest.raises(ValueError, match=r"source.options \['sasl.password'\] are for broker"):
+        open_source(spec, {"sasl.password": "x"})
+
+
+def test_kafka_options_reach_the_client_configuration() -> None:
+    source = open_source(
+        "kafka://h:9093/payments?group=pm",
+        {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.password": "pw"},
+    )
+    assert source.config["security.protocol"] == "SASL_SSL"  # type: ignore[attr-defined]
+    assert source.config["sasl.password"] == "pw"  # type: ignore[attr-defined]
+    assert "pw" not in source.source_id
 
 
 @pytest.mark.parametrize(

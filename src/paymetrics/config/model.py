@@ -74,8 +74,20 @@ class SourceSettings(Section):
     restart_required = True
 
     url: str | None = None
-    """Where events come from: `file:PATH` (JSON Lines, a glob, .gz) or
-    `simulator:?events=N&seed=S`. `paymetrics run --source` overrides it."""
+    """Where events come from: `file:PATH` (JSON Lines, a glob, .gz),
+    `simulator:?events=N&seed=S`, `kafka://host:port/topic?group=NAME` or
+    `eventhubs://namespace/hub?consumer_group=NAME`. `paymetrics run --source`
+    overrides it."""
+    options: dict[str, SecretStr] = Field(default_factory=dict)
+    """Client settings of a broker source. Kafka: librdkafka properties
+    (`security.protocol`, `sasl.mechanism`, `sasl.username`, `sasl.password`, …).
+    Event Hubs: `connection_string`, `checkpoint_connection_string`,
+    `checkpoint_container`, … Secrets, every one: never shown or logged; give them
+    as `env:NAME`, `file:PATH` or Key Vault references."""
+
+    def client_options(self) -> dict[str, str]:
+        """The options as plain strings, for the source's client."""
+        return {key: secret.get_secret_value() for key, secret in self.options.items()}
 
 
 class StorageSettings(Section):
