@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import io
 import json
+import logging
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -186,6 +187,7 @@ def execute_run(
     boundary; with `watch` too, so do edits of the file (and App Configuration).
     """
     from paymetrics.archive import ParquetArchive
+    from paymetrics.observability import ProgressLog, PrometheusMetrics
     from paymetrics.pipeline import BatchReport, Pipeline
     from paymetrics.sources import open_source
     from paymetrics.storage import open_store
@@ -210,6 +212,7 @@ def execute_run(
     )
     stop = _StopFlag()
     stop.install()
+    metrics: PrometheusMetrics | None = None
     if hot_reload:
         signal.signal(signal.SIGHUP, lambda *_: manager.request_reload("SIGHUP"))
     try:
@@ -228,11 +231,23 @@ def execute_run(
             transient=True,
             disable=not show_progress,
         )
+        monitoring = settings.monitoring
+        reporter = ProgressLog(source.source_id, monitoring.progress_log_seconds)
+        if monitoring.metrics_port is not None:
+            metrics = PrometheusMetrics(source.source_id)
+            port = metrics.serve(monitoring.metrics_host, monitoring.metrics_port)
+            logging.getLogger("paymetrics.progress").info(
+                "Prometheus metrics at http://%s:%d/metrics", monitoring.metrics_host, port
+            )
         with progress, source:
             task = progress.add_task("processing", total=expected_total)
 
             def advance(report: BatchReport) -> None:
                 progress.advance(task, report.counts.messages)
+                lag = source.lag()
+                reporter.observe(report, lag)
+                if metrics is not None:
+                    metrics.observe(report, lag)
 
             pipeline = Pipeline(store, archive, options)
             stats = pipeline.run(
@@ -241,8 +256,11 @@ def execute_run(
                 should_stop=stop,
                 between_batches=manager.between_batches if hot_reload else None,
             )
+            reporter.flush(source.lag())
         totals = _retrying(store.table_counts)
     finally:
+        if metrics is not None:
+            metrics.close()
         manager.close()
         store.close()
     return {
@@ -408,6 +426,15 @@ def run(
             show_default=False,
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PORT",
+            help="serve Prometheus metrics on monitoring.metrics_host:PORT/metrics "
+            "(0: any free port; overrides monitoring.metrics_port)",
+            show_default=False,
+        ),
+    ] = None,
     summary_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
@@ -422,6 +449,7 @@ def run(
         (("storage", "archive_url"), archive),
         (("batching", "batch_max_events"), batch_max_events),
         (("lateness", "max_lateness_seconds"), max_lateness_seconds),
+        (("monitoring", "metrics_port"), metrics_port),
     ):
         if value is not None:
             flags[path] = value

@@ -8,11 +8,13 @@ once as a stored event, a duplicate, or a dead letter; `BatchReport` counts them
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gc
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -87,6 +89,12 @@ class BatchReport:
     authorizations: int
     approved: int
     metric_rows: int
+    #: Dead letters of this batch by reason code.
+    reasons: Mapping[str, int] = field(default_factory=dict)
+    #: The partition's event-time watermark after the batch (µs since the epoch).
+    watermark_us: int | None = None
+    #: Seconds from reading the batch to its commit (set by `run`).
+    seconds: float = 0.0
 
 
 @dataclass(slots=True)
@@ -188,8 +196,7 @@ class Pipeline:
         stats = RunStats()
         self._should_stop = should_stop
         self._rebalancing = source.rebalancing
-        if hasattr(source, "should_stop"):  # a broker source polls; it must hear SIGTERM
-            source.should_stop = should_stop
+        source.should_stop = should_stop  # a broker source polls; it must hear SIGTERM
         states = self.store.load_state(source.source_id)
         source.open({p: Checkpoint(p, s.position, s.byte_offset) for p, s in states.items()})
         # Lateness is judged at preparation, which may run one batch ahead of the commits.
@@ -198,21 +205,34 @@ class Pipeline:
         batches = source.batches(self.options.batch_max_events)
         background = self.options.commit_in_background
         writer = ThreadPoolExecutor(1, "paymetrics-commit") if background else None
-        pending: tuple[RawBatch, Future[tuple[BatchReport, PartitionState]]] | None = None
+        pending: tuple[RawBatch, Future[tuple[BatchReport, PartitionState]], float] | None = None
 
-        def finish(batch: RawBatch, done: Future[tuple[BatchReport, PartitionState]]) -> None:
+        def finish(
+            batch: RawBatch, done: Future[tuple[BatchReport, PartitionState]], read_at: float
+        ) -> None:
             report, states[batch.partition] = done.result()
             source.ack(batch)  # only after its transaction committed
             stats.add(report)
             if on_batch is not None:
-                on_batch(report)
+                on_batch(dataclasses.replace(report, seconds=time.perf_counter() - read_at))
 
+        def settle() -> None:
+            """Acknowledge the batch in flight once its commit is done: called before each
+            read and by a broker source while it waits, so that the last batch before a
+            lull is acknowledged (offsets, metrics) without waiting for the next one."""
+            nonlocal pending
+            if pending is not None and pending[1].done():
+                done, pending = pending, None
+                finish(*done)
+
+        source.on_idle = settle
         gc_was_enabled = gc.isenabled()
         gc.disable()  # see _sweep
         try:
             while not should_stop():
                 if between_batches is not None:
                     between_batches(self)
+                settle()
                 t0 = time.perf_counter()
                 batch = next(batches, None)
                 stats.stage_seconds["read"] += time.perf_counter() - t0
@@ -227,14 +247,14 @@ class Pipeline:
                     source.ack(batch)
                     stats.add(report)
                     if on_batch is not None:
-                        on_batch(report)
+                        on_batch(dataclasses.replace(report, seconds=time.perf_counter() - t0))
                 else:
                     if pending is not None:
                         finish(*pending)
                     future = writer.submit(
                         self._commit_with_retry, prepared, states, stats.stage_seconds, should_stop
                     )
-                    pending = (batch, future)
+                    pending = (batch, future, t0)
                 _sweep(gc_was_enabled)
             if pending is not None:
                 finish(*pending)
@@ -327,7 +347,7 @@ class Pipeline:
             batch.partition,
             by or "(its COMMIT went through before the connection dropped)",
         )
-        return BatchReport(batch.partition, counts, 0, 0, 0)
+        return BatchReport(batch.partition, counts, 0, 0, 0, watermark_us=stored.watermark_us)
 
     def process(
         self,
@@ -436,6 +456,8 @@ class Pipeline:
             authorizations=int(pc.sum(rows["authorizations"]).as_py() or 0),
             approved=int(pc.sum(rows["approved"]).as_py() or 0),
             metric_rows=rows.num_rows,
+            reasons=Counter(prepared.dead.reasons),
+            watermark_us=new_state.watermark_us,
         )
         return report, new_state
 

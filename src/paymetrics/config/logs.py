@@ -15,7 +15,8 @@ __all__ = ["JsonFormatter", "setup_logging"]
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time (UTC), level, logger, message."""
+    """One JSON object per record: time (UTC), level, logger, message, and the
+    record's structured `fields` (`extra={"fields": {...}}`) as top-level keys."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -24,6 +25,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update({k: v for k, v in fields.items() if k not in entry})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

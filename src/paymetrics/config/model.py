@@ -435,6 +435,24 @@ class LoggingSettings(Section):
     """console: one readable line per record; json: one JSON object per line."""
 
 
+class MonitoringSettings(Section):
+    """What a running worker reports about itself: a progress log line and, on an
+    optional port, Prometheus metrics."""
+
+    restart_required = True
+
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Serve Prometheus metrics at `http://metrics_host:metrics_port/metrics` while
+    `paymetrics run` runs (0: any free port, logged); null: no endpoint. Needs
+    `paymetrics[prometheus]`. Also `paymetrics run --metrics-port`."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the metrics endpoint (loopback by default; `0.0.0.0` for a scraper
+    on another host)."""
+    progress_log_seconds: float = Field(10.0, ge=0)
+    """Log one progress line (events/s, outcomes, dead-letter reasons, batch latency,
+    consumer lag) this often; 0 turns it off."""
+
+
 class ApiSettings(Section):
     """The HTTP query API (settings only: the API itself is not built yet)."""
 
@@ -471,6 +489,8 @@ class Settings(Section):
     """How long stored data is kept."""
     logging: LoggingSettings = LoggingSettings()
     """Log level and format."""
+    monitoring: MonitoringSettings = MonitoringSettings()
+    """Progress logging and the Prometheus endpoint of a running worker."""
     api: ApiSettings = ApiSettings()
     """The HTTP query API."""
 

@@ -10,7 +10,7 @@ right after them, so a crash replays at most the batch that was in flight.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -61,6 +61,12 @@ class Source(abc.ABC):
     #: True when partitions can move between workers (a consumer group): a checkpoint
     #: that moved under us then means "another worker stored it", not "a second run".
     rebalancing: bool = False
+    #: Set by the pipeline; a source that waits for messages calls it between polls
+    #: (on the thread that iterates `batches`), so the batch committed last is
+    #: acknowledged during a lull instead of when the next one arrives.
+    on_idle: Callable[[], None] = staticmethod(lambda: None)
+    #: Set by the pipeline; a source that waits for messages stops when it is true.
+    should_stop: Callable[[], bool] = staticmethod(lambda: False)
 
     def open(self, checkpoints: Mapping[str, Checkpoint]) -> None:  # noqa: B027 - optional hook
         """Receive the stored checkpoints, keyed by partition, before the first batch."""
@@ -71,6 +77,11 @@ class Source(abc.ABC):
 
     def ack(self, batch: RawBatch) -> None:  # noqa: B027 - optional hook
         """Called once `batch` is durably stored (brokers commit offsets here)."""
+
+    def lag(self) -> Mapping[str, int]:
+        """Messages waiting past the last acknowledged position, by partition (brokers;
+        empty where unknown). Cheap: called after every batch."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files."""

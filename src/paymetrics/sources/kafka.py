@@ -84,7 +84,6 @@ class KafkaSource(Source):
         self._assigned: set[int] = set()
         #: Stop after this long without a message (`paymetrics run --until-idle`); None: never.
         self.idle_seconds: float | None = None
-        self.should_stop: Callable[[], bool] = lambda: False
 
     def _kafka(self) -> Any:
         try:
@@ -123,6 +122,7 @@ class KafkaSource(Source):
         while not self.should_stop():
             messages = self._consumer.consume(num_messages=max_events, timeout=self.poll_seconds)
             if not messages:
+                self.on_idle()
                 if self.idle_seconds is not None and (
                     time.monotonic() - last_message >= self.idle_seconds
                 ):
@@ -168,6 +168,30 @@ class KafkaSource(Source):
                 partition,
                 error,
             )
+
+    def lag(self) -> dict[str, int]:
+        """High watermark minus the acknowledged position, per assigned partition.
+
+        The high watermark is librdkafka's cached one, refreshed by every fetch
+        response, so this asks the broker nothing.
+        """
+        if self._consumer is None:
+            return {}
+        kafka = self._kafka()
+        out: dict[str, int] = {}
+        for partition in sorted(self._assigned):
+            key = str(partition)
+            done = self._checkpoints.get(key)
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    kafka.TopicPartition(self.topic, partition), cached=True
+                )
+            except kafka.KafkaException:
+                continue
+            if high < 0 or done is None:
+                continue  # not fetched yet, or nothing stored yet: unknown, not zero
+            out[key] = max(high - done.position, 0)
+        return out
 
     def close(self) -> None:
         if self._consumer is not None:
