@@ -12,7 +12,6 @@ common paths; this package exports the same building blocks for Python callers:
     )
 """
 
-
 from paymetrics.archive import ParquetArchive
 from paymetrics.events import PaymentEvent, Reason
 from paymetrics.pipeline import Pipeline, PipelineOptions, RunStats

@@ -187,6 +187,7 @@ def execute_run(
     boundary; with `watch` too, so do edits of the file (and App Configuration).
     """
     from paymetrics.archive import ParquetArchive
+    from paymetrics.dead_letter_topic import DeadLetterTopic
     from paymetrics.observability import ProgressLog, PrometheusMetrics
     from paymetrics.pipeline import BatchReport, Pipeline
     from paymetrics.sources import open_source
@@ -208,6 +209,15 @@ def execute_run(
     archive = (
         ParquetArchive(archive_url, **settings.storage.archive_storage_options())
         if archive_url
+        else None
+    )
+    dead_letter_topic = (
+        DeadLetterTopic(
+            settings.dead_letters.topic_url,
+            options=settings.dead_letters.client_options(),
+            flush_timeout_seconds=settings.dead_letters.flush_timeout_seconds,
+        )
+        if settings.dead_letters.topic_url
         else None
     )
     stop = _StopFlag()
@@ -249,7 +259,7 @@ def execute_run(
                 if metrics is not None:
                     metrics.observe(report, lag)
 
-            pipeline = Pipeline(store, archive, options)
+            pipeline = Pipeline(store, archive, options, dead_letter_topic=dead_letter_topic)
             stats = pipeline.run(
                 source,
                 on_batch=advance,
@@ -261,6 +271,8 @@ def execute_run(
     finally:
         if metrics is not None:
             metrics.close()
+        if dead_letter_topic is not None:
+            dead_letter_topic.close()
         manager.close()
         store.close()
     return {

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from paymetrics.archive import ARCHIVE_SCHEMA, ArchiveError, ArchiveUnavailable, ParquetArchive
+from paymetrics.dead_letter_topic import DeadLetterTopic, DeadLetterTopicUnavailable
 from paymetrics.decode import Rejects, as_text, decode
 from paymetrics.events import MAX_EVENT_BYTES, Reason
 from paymetrics.mask import mask_batch
@@ -50,7 +51,16 @@ __all__ = ["BatchReport", "Pipeline", "PipelineOptions", "RunStats"]
 log = logging.getLogger("paymetrics.pipeline")
 
 DEFAULT_MAX_LATENESS_SECONDS = 7 * 86_400
-STAGES = ("read", "mask", "decode", "normalize", "validate", "archive", "store")
+STAGES = (
+    "read",
+    "mask",
+    "decode",
+    "normalize",
+    "validate",
+    "archive",
+    "dead_letter_topic",
+    "store",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +167,12 @@ class Pipeline:
         store: Store,
         archive: ParquetArchive | None,
         options: PipelineOptions | None = None,
+        *,
+        dead_letter_topic: DeadLetterTopic | None = None,
     ) -> None:
         self.store = store
         self.archive = archive
+        self.dead_letter_topic = dead_letter_topic
         self.reconfigure(options or PipelineOptions())
 
     _should_stop: Callable[[], bool] = staticmethod(lambda: False)  # set by `run`
@@ -402,6 +415,16 @@ class Pipeline:
             event_ids=[rejects.event_id[k] for k in order],
             payloads=[_payload_text(masked[rejects.index[k]]) for k in order],
         )
+        topic = self.dead_letter_topic
+        if topic is not None and len(dead):  # before the commit: at least once
+            _retrying(
+                lambda _: topic.publish(batch.source_id, batch.partition, dead),
+                "dead-letter topic",
+                batch,
+                compiled.options,
+                self._should_stop,
+            )
+        clock.lap("dead_letter_topic")
         return _Prepared(batch, compiled, unique, table.num_rows, dead, watermark, watermark_us)
 
     def commit(
@@ -563,7 +586,10 @@ def _retrying(
         try:
             result = action(attempt)
         except Exception as error:
-            if not (is_transient(error) or isinstance(error, ArchiveUnavailable)):
+            if not (
+                is_transient(error)
+                or isinstance(error, ArchiveUnavailable | DeadLetterTopicUnavailable)
+            ):
                 raise
             cause = _one_line(error)
             now = time.monotonic()

@@ -435,6 +435,28 @@ class LoggingSettings(Section):
     """console: one readable line per record; json: one JSON object per line."""
 
 
+class DeadLetterSettings(Section):
+    """Where dead letters go besides the `failed_items` table."""
+
+    restart_required = True
+
+    topic_url: str | None = None
+    """Also publish every dead letter to this Kafka topic
+    (`kafka://host:port/topic`; Event Hubs through its Kafka endpoint): the masked
+    payload as value, the source partition as key, reason, error and position in
+    headers. At least once. null: the table only."""
+    options: dict[str, SecretStr] = Field(default_factory=dict)
+    """librdkafka properties of the dead-letter producer (`security.protocol`,
+    `sasl.username`, `sasl.password`, …). Secrets, every one."""
+    flush_timeout_seconds: float = Field(30.0, gt=0)
+    """How long a batch waits for the broker to confirm its dead letters before the
+    attempt counts as failed and is retried with backoff."""
+
+    def client_options(self) -> dict[str, str]:
+        """The options as plain strings, for the producer."""
+        return {key: secret.get_secret_value() for key, secret in self.options.items()}
+
+
 class MonitoringSettings(Section):
     """What a running worker reports about itself: a progress log line and, on an
     optional port, Prometheus metrics."""
@@ -489,6 +511,8 @@ class Settings(Section):
     """How long stored data is kept."""
     logging: LoggingSettings = LoggingSettings()
     """Log level and format."""
+    dead_letters: DeadLetterSettings = DeadLetterSettings()
+    """Where dead letters go besides the table."""
     monitoring: MonitoringSettings = MonitoringSettings()
     """Progress logging and the Prometheus endpoint of a running worker."""
     api: ApiSettings = ApiSettings()

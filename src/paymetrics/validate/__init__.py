@@ -22,8 +22,7 @@ from paymetrics.validate.timestamps import OccurredAtRangeRule
 __all__ = ["DEFAULT_RULES", "RULES", "Rule", "resolve_rule", "resolve_rules", "validate"]
 
 RULES: dict[str, type[Rule]] = {
-    rule.name: rule
-    for rule in (CurrencyRule, CountryRule, OccurredAtRangeRule, NoNulCharacterRule)
+    rule.name: rule for rule in (CurrencyRule, CountryRule, OccurredAtRangeRule, NoNulCharacterRule)
 }
 DEFAULT_RULES: tuple[str, ...] = tuple(RULES)
 
