@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/paymetrics demo --events $(DEMO_EVENTS) --data-dir $(DATA)
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks azure_function
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
@@ -34,8 +34,8 @@ docs: $(STAMP)  ## regenerate the option reference in docs/configuration.md
 	mv docs/.configuration.md docs/configuration.md
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks azure_function
+	$(BIN)/ruff format --check src tests benchmarks azure_function
 
 clean:
 	rm -rf $(VENV) $(DATA) .pytest_cache .mypy_cache .ruff_cache

@@ -90,3 +90,7 @@ class Reason(StrEnum):
     """`schema_version` is present and not "1"."""
     TOO_LATE = "too_late"
     """Older than the newest event seen on its partition by more than the maximum lateness."""
+    BATCH_FAILED = "batch_failed"
+    """Not judged on its own: its whole batch kept failing past the retry limit (the Azure
+    Function), so the batch was dead-lettered unprocessed to let the partition go on. The
+    message names the error; the payload can be replayed once it is fixed."""
