@@ -506,7 +506,11 @@ def simulate(
         typer.Option(
             "--to",
             metavar="URL",
-            help="publish to a broker instead: kafka://host:port/topic (keyed by merchant)",
+            help=(
+                "publish to a broker instead: kafka://host:port/topic or "
+                "eventhubs://NAMESPACE/HUB (keyed by merchant; Event Hubs connects with "
+                "$PAYMETRICS_EVENTHUBS_CONNECTION_STRING, else DefaultAzureCredential)"
+            ),
             show_default=False,
         ),
     ] = None,
@@ -536,9 +540,10 @@ def simulate(
         if to is not None:
             if output != "-":
                 raise Fatal("give either --to URL or --output FILE, not both")
-            from paymetrics.simulator.publish import publish_kafka
+            from paymetrics.simulator.publish import publish_eventhubs, publish_kafka
 
-            count = publish_kafka(config, to, events_per_second=events_per_second)
+            publish = publish_eventhubs if to.startswith("eventhubs:") else publish_kafka
+            count = publish(config, to, events_per_second=events_per_second)
             console.print(f"published {count:,} events to {to}")
             return
         if output == "-":

@@ -1,4 +1,5 @@
-"""Publish a simulated stream to a broker: `paymetrics simulate --to kafka://host:port/topic`.
+"""Publish a simulated stream to a broker: `paymetrics simulate --to kafka://host:port/topic`
+or `--to eventhubs://NAMESPACE/HUB`.
 
 Messages are keyed by `merchant_id` (a merchant's events stay in order on one
 partition, as a payment gateway would publish them); lines the simulator made
@@ -8,6 +9,7 @@ invalid on purpose, whose merchant cannot be read, go without a key. Paced at
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,8 +18,17 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 
 from paymetrics.simulator.generator import SimulatorConfig, generate
+from paymetrics.sources.eventhubs import (
+    ClientSettings,
+    default_credential,
+    fully_qualified_namespace,
+    redact,
+    secret_fragments,
+)
 
-__all__ = ["publish_kafka"]
+__all__ = ["EVENTHUBS_CONNECTION_STRING_ENV", "publish_eventhubs", "publish_kafka"]
+
+EVENTHUBS_CONNECTION_STRING_ENV = "PAYMETRICS_EVENTHUBS_CONNECTION_STRING"
 
 
 class _Keyed(msgspec.Struct):
@@ -33,6 +44,13 @@ def _key(line: bytes) -> bytes | None:
     except ValueError:  # not JSON, not UTF-8, or no string merchant: the invalid on purpose
         return None
     return merchant.encode() if merchant else None
+
+
+def _merchant(line: bytes) -> str | None:
+    try:
+        return _decoder.decode(line).merchant_id or None
+    except ValueError:
+        return None
 
 
 def publish_kafka(
@@ -90,4 +108,98 @@ def publish_kafka(
             f"--to {url}: {left} message(s) not delivered"
             + (f"; first error: {failures[0]}" if failures else "")
         )
+    return sent
+
+
+def _default_producer(settings: ClientSettings) -> Any:
+    try:
+        from azure.eventhub import EventHubProducerClient
+    except ImportError:
+        raise ValueError(
+            "publishing to Event Hubs needs azure-eventhub: pip install 'paymetrics[azure]'"
+        ) from None
+    if settings.connection_string:
+        return EventHubProducerClient.from_connection_string(
+            settings.connection_string, eventhub_name=settings.eventhub_name
+        )
+    return EventHubProducerClient(
+        settings.fully_qualified_namespace, settings.eventhub_name, default_credential()
+    )
+
+
+def publish_eventhubs(
+    config: SimulatorConfig,
+    url: str,
+    *,
+    events_per_second: float | None = None,
+    options: Mapping[str, str] | None = None,
+    client_factory: Callable[[ClientSettings], Any] | None = None,
+) -> int:
+    """Publish the stream to the event hub of `url`; returns how many events were sent.
+
+    Each generated chunk is grouped by merchant into `EventDataBatch`es created with that
+    merchant as partition key (a batch goes whole to one partition, so a merchant's events
+    keep their order), each sent when full. The connection string comes from `options`,
+    else `$PAYMETRICS_EVENTHUBS_CONNECTION_STRING`, else DefaultAzureCredential.
+    """
+    parts = urlsplit(url)
+    hub = parts.path.strip("/")
+    namespace = fully_qualified_namespace(parts.netloc) if parts.netloc else None
+    if parts.scheme != "eventhubs" or namespace is None or not hub or "/" in hub or parts.query:
+        raise ValueError(f"--to {url!r}: expected eventhubs://NAMESPACE/HUB")
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"connection_string"})
+    if unknown:
+        raise ValueError(f"--to {url}: unknown options {unknown}; valid: ['connection_string']")
+    connection = options.get("connection_string") or os.environ.get(EVENTHUBS_CONNECTION_STRING_ENV)
+    secrets = secret_fragments({"connection_string": connection or ""})
+    try:
+        from azure.eventhub import EventData
+        from azure.eventhub.exceptions import EventHubError
+    except ImportError:
+        raise ValueError(
+            "publishing to Event Hubs needs azure-eventhub: pip install 'paymetrics[azure]'"
+        ) from None
+    settings = ClientSettings(namespace, hub, connection_string=connection)
+    try:
+        producer = (client_factory or _default_producer)(settings)
+    except ValueError as error:
+        raise ValueError(redact(f"--to {url}: {error}", secrets)) from None
+    sent = 0
+    started = time.monotonic()
+
+    def send(batch: Any) -> None:
+        nonlocal sent
+        producer.send_batch(batch)
+        sent += len(batch)
+        if events_per_second:
+            time.sleep(max(0.0, started + sent / events_per_second - time.monotonic()))
+
+    try:
+        with producer:
+            for chunk in generate(config):
+                by_merchant: dict[str | None, list[bytes]] = {}
+                for line in chunk:
+                    by_merchant.setdefault(_merchant(line), []).append(line)
+                for merchant, lines in by_merchant.items():
+                    batch = producer.create_batch(partition_key=merchant)
+                    for line in lines:
+                        event = EventData(line)
+                        try:
+                            batch.add(event)
+                        except ValueError:  # full: send it, start the next one
+                            if not len(batch):
+                                raise ValueError(
+                                    f"--to {url}: a message of {len(line):,} bytes does not "
+                                    "fit in an event hub batch"
+                                ) from None
+                            send(batch)
+                            batch = producer.create_batch(partition_key=merchant)
+                            batch.add(event)
+                    if len(batch):
+                        send(batch)
+    except EventHubError as error:
+        raise ValueError(
+            redact(f"--to {url}: {type(error).__name__}: {error} ({sent:,} sent)", secrets)
+        ) from None
     return sent
