@@ -47,6 +47,10 @@ def test_every_deploy_example_is_a_valid_configuration(text: str, tmp_path: Path
         assert client["group.id"] == "paymetrics"
         assert SECRET not in source.source_id
         assert ("source", "options", "sasl.password") in loaded.secret_paths
+    if url.startswith("eventhubs:"):
+        source = open_source(url, settings.source.client_options())
+        assert source.source_id == "eventhubs:payments?consumer_group=paymetrics"
+        assert SECRET not in repr(source)
     if settings.dead_letters.topic_url:
         topic = DeadLetterTopic(
             settings.dead_letters.topic_url, options=settings.dead_letters.client_options()
