@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from paymetrics.config.loader import ConfigError
-from paymetrics.events import MAX_EVENT_BYTES, Reason
+from paymetrics.events import Reason
 from paymetrics.sources.base import Checkpoint, RawBatch, Source
 from paymetrics.storage.base import (
     BatchCounts,
@@ -398,6 +398,7 @@ def _dead_letter(runtime: Runtime, batch: RawBatch, message: str) -> tuple[int, 
     checkpoint past it, in one transaction; returns (events dead-lettered, stored position
     before)."""
     from paymetrics.mask import mask_batch
+    from paymetrics.pipeline import dead_letter_payload
 
     store = runtime.store
     for _ in range(5):  # a checkpoint moved by another worker meanwhile: read it again
@@ -413,7 +414,7 @@ def _dead_letter(runtime: Runtime, batch: RawBatch, message: str) -> tuple[int, 
             reasons=[str(Reason.BATCH_FAILED)] * n,
             messages=[message] * n,
             event_ids=[None] * n,
-            payloads=[_payload_text(m) for m in masked],
+            payloads=[dead_letter_payload(m) for m in masked],
         )
         counts = BatchCounts(messages=n, normalized=0, duplicates=0, dead_lettered=n)
         before = previous or PartitionState(batch.partition, 0, None, None)
@@ -588,10 +589,3 @@ def _one_line(error: BaseException) -> str:
     lines = str(orig if orig is not None else error).strip().splitlines()
     kind = type(error).__name__ + (f": {type(orig).__name__}" if orig is not None else "")
     return f"{kind}: {lines[0] if lines else ''}"[:300]
-
-
-def _payload_text(message: bytes) -> str:
-    """A dead letter's payload as the pipeline writes it (see `pipeline._payload_text`)."""
-    if len(message) > MAX_EVENT_BYTES:
-        message = message[:MAX_EVENT_BYTES]
-    return message.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")

@@ -139,7 +139,7 @@ class RunStats:
         return self.messages / self.elapsed_seconds if self.elapsed_seconds else 0.0
 
 
-def _payload_text(message: bytes) -> str:
+def dead_letter_payload(message: bytes) -> str:
     """The dead letter's payload as text; a raw NUL byte is written `\x00` (no text
     column of PostgreSQL can hold it)."""
     if len(message) > MAX_EVENT_BYTES:
@@ -413,7 +413,7 @@ class Pipeline:
             reasons=[str(rejects.reason[k]) for k in order],
             messages=[rejects.message[k] for k in order],
             event_ids=[rejects.event_id[k] for k in order],
-            payloads=[_payload_text(masked[rejects.index[k]]) for k in order],
+            payloads=[dead_letter_payload(masked[rejects.index[k]]) for k in order],
         )
         topic = self.dead_letter_topic
         if topic is not None and len(dead):  # before the commit: at least once
