@@ -8,6 +8,7 @@ once as a stored event, a duplicate, or a dead letter; `BatchReport` counts them
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
 import gc
@@ -302,6 +303,7 @@ class Pipeline:
             for _ in range(5):  # a checkpoint race with another worker settles in a round or two
                 if fresh:
                     states.update(self.store.load_state(batch.source_id))
+                if fresh or rebalancing:  # a redelivery may trail what is known stored
                     done = self._already_stored(
                         batch, states, "by another worker" if rebalancing else None
                     )
@@ -329,15 +331,43 @@ class Pipeline:
         """Commit on top of `previous`, judging lateness again if it was judged against
         another watermark (the partition moved between workers in between)."""
         stored = previous.watermark_us if previous else None
-        if prepared.basis != stored:
+        batch = prepared.batch
+        head = 0  # messages at its start that another worker stored already
+        if self._rebalancing and previous is not None and batch.positions[0] <= previous.position:
+            head = bisect.bisect_right(batch.positions, previous.position)
+            if head == len(batch.positions):  # only blank messages past the checkpoint
+                counts = BatchCounts(len(batch), 0, len(batch), 0)
+                return BatchReport(
+                    batch.partition, counts, 0, 0, 0, watermark_us=previous.watermark_us
+                ), previous
+            log.warning(
+                "batch %s..%s of %s: up to %s was stored already by another worker; "
+                "storing the rest",
+                batch.positions[0],
+                batch.positions[-1],
+                batch.partition,
+                previous.position,
+            )
+            batch = dataclasses.replace(
+                batch, messages=batch.messages[head:], positions=batch.positions[head:]
+            )
+            prepared = self.prepare(batch, stored, timings)
+        elif prepared.basis != stored:
             log.info(
                 "partition %s: judging batch %s..%s again against the stored watermark",
-                prepared.batch.partition,
-                prepared.batch.positions[0],
-                prepared.batch.positions[-1],
+                batch.partition,
+                batch.positions[0],
+                batch.positions[-1],
             )
-            prepared = self.prepare(prepared.batch, stored, timings)
-        return self.commit(prepared, previous, timings)
+            prepared = self.prepare(batch, stored, timings)
+        report, state = self.commit(prepared, previous, timings)
+        if head:  # for this worker, the redelivered head is duplicates (as in _already_stored)
+            c = report.counts
+            counts = BatchCounts(
+                c.messages + head, c.normalized, c.duplicates + head, c.dead_lettered
+            )
+            report = dataclasses.replace(report, counts=counts)
+        return report, state
 
     def _already_stored(
         self, batch: RawBatch, states: dict[str, PartitionState], by: str | None = None

@@ -3,9 +3,11 @@
 Partitions are Kafka partitions; a message's position is its offset + 1, so a
 checkpoint's position is the next offset to read. The database checkpoint is the
 truth: on assignment each partition starts at its stored checkpoint when there is
-one, else at the group's committed offset (else the earliest). Offsets are
-committed to Kafka in `ack`, after the batch is durably stored, for lag tooling and
-for a consumer that starts without our checkpoints. Partitions move between
+one (or at the group's committed offset when that is further on: another worker stored
+up to there since this one read the checkpoints), else at the group's committed offset
+(else the earliest). Offsets are committed to Kafka in `ack`, after the batch is
+durably stored, for lag tooling, for a consumer that starts without our checkpoints,
+and for the next owner of a partition. Partitions move between
 workers (`rebalancing`): the pipeline then recognises batches another worker
 stored. confluent-kafka is imported lazily (`pip install 'paymetrics[kafka]'`).
 """
@@ -101,13 +103,32 @@ class KafkaSource(Source):
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        # Our copy of a checkpoint is as old as open() or our last ack of the partition.
+        # The group's offset is committed only after the batch is stored, so one that is
+        # further on means another worker stored up to there since: start there.
+        known = [tp for tp in partitions if str(tp.partition) in self._checkpoints]
+        committed = self._committed(consumer, known) if known else {}
         for tp in partitions:
             stored = self._checkpoints.get(str(tp.partition))
             if stored is not None:
-                tp.offset = stored.position  # the database, not the group, is the truth
+                position = max(stored.position, committed.get(tp.partition, -1))
+                if position > stored.position:
+                    self._checkpoints[str(tp.partition)] = Checkpoint(str(tp.partition), position)
+                tp.offset = position  # not the group's offset alone: the database is the truth
         consumer.assign(partitions)
         self._assigned = {tp.partition for tp in partitions}
         log.info("assigned partitions %s of %s", sorted(self._assigned), self.topic)
+
+    def _committed(self, consumer: Any, partitions: list[Any]) -> dict[int, int]:
+        """The group's committed offset of each partition that has one."""
+        kafka = self._kafka()
+        asked = [kafka.TopicPartition(self.topic, tp.partition) for tp in partitions]
+        try:
+            found = consumer.committed(asked, timeout=30)
+        except kafka.KafkaException as error:
+            log.warning("could not read the group offsets of %s: %s", self.topic, error)
+            return {}
+        return {tp.partition: tp.offset for tp in found if tp.error is None and tp.offset >= 0}
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         self._assigned -= {tp.partition for tp in partitions}

@@ -355,9 +355,10 @@ class SqlStore(Store):
             found = conn.execute(
                 sa.select(c.c.version).where(c.c.content_hash == digest)
             ).scalar_one_or_none()
+            version: int | None = found
             if found is None:
                 version = conn.execute(
-                    c.insert()
+                    _insert(conn, c)
                     .values(
                         content_hash=digest,
                         document=canonical_json(document),
@@ -366,16 +367,22 @@ class SqlStore(Store):
                         applied_by=applied_by[:1024],
                         origin=origin[:1024],
                     )
+                    .on_conflict_do_nothing(index_elements=["content_hash"])
                     .returning(c.c.version)
-                ).scalar_one()
-            else:
+                ).scalar_one_or_none()
+                if version is None:  # another worker recorded it since the select
+                    found = conn.execute(
+                        sa.select(c.c.version).where(c.c.content_hash == digest)
+                    ).scalar_one()
+            if found is not None:
                 version = found
                 conn.execute(c.update().where(c.c.version == found).values(last_applied_at=now))
             history = [
                 (row.version, json.loads(row.document))
                 for row in conn.execute(sa.select(c.c.version, c.c.document).order_by(c.c.version))
             ]
-        return AppliedConfig(int(version), found is None, rule_versions(document, history))
+        assert version is not None
+        return AppliedConfig(version, found is None, rule_versions(document, history))
 
     def config_history(self) -> list[ConfigVersion]:
         c = config_versions
