@@ -197,6 +197,7 @@ def execute_run(
     if not settings.source.url:
         raise Fatal("no source: give --source SPEC or set source.url in the configuration")
     source = open_source(settings.source.url, settings.source.client_options())
+    source.batch_max_seconds = settings.batching.batch_max_seconds
     if until_idle_seconds is not None and hasattr(source, "idle_seconds"):
         source.idle_seconds = until_idle_seconds
     store = open_store(

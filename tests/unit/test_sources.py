@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -307,3 +307,38 @@ def test_simulator_unknown_option_lists_valid_ones() -> None:
 def test_simulator_bad_option_value_names_the_option() -> None:
     with pytest.raises(ValueError, match="events"):
         open_source("simulator:?events=many")
+
+
+class _RefusingConsumer:
+    """A consumer whose broker refuses the login on every poll (librdkafka's error_cb)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def subscribe(self, topics: list[str], **_: Any) -> None:
+        pass
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        from confluent_kafka import KafkaError
+
+        self.config["error_cb"](KafkaError(KafkaError._AUTHENTICATION, "invalid credentials"))
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_login_refused_for_long_enough_ends_a_kafka_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import paymetrics.sources.kafka as kafka_source
+
+    monkeypatch.setattr(kafka_source, "REFUSED_SECONDS", 0.05)
+    source = kafka_source.KafkaSource(
+        "//127.0.0.1:9/payments?group=pm&poll_seconds=0.01", consumer_factory=_RefusingConsumer
+    )
+    source.open({})
+    with pytest.raises(ValueError, match=r"cannot connect to 127\.0\.0\.1:9: invalid credentials"):
+        for _ in source.batches(10):
+            pass
+    assert "pm" in source.source_id

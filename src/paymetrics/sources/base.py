@@ -65,6 +65,8 @@ class Source(abc.ABC):
     #: (on the thread that iterates `batches`), so the batch committed last is
     #: acknowledged during a lull instead of when the next one arrives.
     on_idle: Callable[[], None] = staticmethod(lambda: None)
+    #: Longest a streaming source waits to fill a batch (`batching.batch_max_seconds`).
+    batch_max_seconds: float = 1.0
     #: Set by the pipeline; a source that waits for messages stops when it is true.
     should_stop: Callable[[], bool] = staticmethod(lambda: False)
 

@@ -27,6 +27,8 @@ __all__ = ["KafkaSource"]
 log = logging.getLogger("paymetrics.sources.kafka")
 
 _OPTIONS = {"group", "offset_reset", "poll_seconds"}
+#: A login or TLS handshake refused for this long, with no partition assigned, ends the run.
+REFUSED_SECONDS = 30.0
 
 
 class KafkaSource(Source):
@@ -61,8 +63,11 @@ class KafkaSource(Source):
         reset = query.get("offset_reset", "earliest")
         if reset not in {"earliest", "latest"}:
             problems.append(f"offset_reset must be earliest or latest, got {reset!r}")
+        #: Longest a poll waits to fill a batch; None: `batch_max_seconds` (configuration).
+        self.poll_seconds: float | None = None
         try:
-            self.poll_seconds = float(query.get("poll_seconds", "1.0"))
+            if "poll_seconds" in query:
+                self.poll_seconds = float(query["poll_seconds"])
         except ValueError:
             problems.append(f"poll_seconds must be a number, got {query['poll_seconds']!r}")
         if problems:
@@ -79,7 +84,12 @@ class KafkaSource(Source):
             "client.id": "paymetrics",
             **client,
             **(options or {}),
+            # librdkafka's own log lines go through our logging (and its JSON format)
+            "logger": logging.getLogger("paymetrics.librdkafka"),
+            "error_cb": self._on_error,
         }
+        self._refused: tuple[float, str] | None = None  # (first seen, last error) of a refusal
+        self._fatal: str | None = None
         self._factory = consumer_factory
         self._consumer: Any = None
         self._checkpoints: dict[str, Checkpoint] = {}
@@ -101,6 +111,34 @@ class KafkaSource(Source):
         kafka = self._kafka()
         self._consumer = (self._factory or kafka.Consumer)(dict(self.config))
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _on_error(self, error: Any) -> None:
+        """librdkafka's client-level errors. Most (a broker away, a timeout) it retries by
+        itself; a refused login or TLS handshake it would retry for ever, so those end the
+        run once they have lasted `REFUSED_SECONDS` without a partition assigned."""
+        kafka = self._kafka()
+        if error.fatal():
+            self._fatal = error.str()
+        elif error.code() in (kafka.KafkaError._AUTHENTICATION, kafka.KafkaError._SSL):
+            first = self._refused[0] if self._refused else time.monotonic()
+            self._refused = (first, error.str())
+        else:
+            log.warning("kafka %s: %s", self.topic, error.str())
+
+    def _check_connection(self, idle: bool) -> None:
+        if self._fatal is not None:
+            raise ValueError(f"kafka source {self.source_id}: fatal error: {self._fatal}")
+        if self._refused is None:
+            return
+        if self._assigned:  # it got through after all
+            self._refused = None
+            return
+        first, text = self._refused
+        if idle or time.monotonic() - first >= REFUSED_SECONDS:
+            raise ValueError(
+                f"kafka source {self.source_id}: cannot connect to "
+                f"{self.config['bootstrap.servers']}: {text}"
+            )
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         # Our copy of a checkpoint is as old as open() or our last ack of the partition.
@@ -141,14 +179,18 @@ class KafkaSource(Source):
         kafka = self._kafka()
         last_message = time.monotonic()
         while not self.should_stop():
-            messages = self._consumer.consume(num_messages=max_events, timeout=self.poll_seconds)
+            wait = self.batch_max_seconds if self.poll_seconds is None else self.poll_seconds
+            messages = self._consumer.consume(num_messages=max_events, timeout=wait)
             if not messages:
                 self.on_idle()
-                if self.idle_seconds is not None and (
+                idle = self.idle_seconds is not None and (
                     time.monotonic() - last_message >= self.idle_seconds
-                ):
+                )
+                self._check_connection(idle)
+                if idle:
                     return
                 continue
+            self._refused = None
             last_message = time.monotonic()
             by_partition: dict[int, list[Any]] = {}
             for message in messages:

@@ -14,9 +14,8 @@ is not offered, and SCRAM users are never stored (details in secure_broker.py).
 
 Proven: the run stores what a file run of the same events stores; the password is in
 no output (also at DEBUG) nor in the database; `config show` hides it; a wrong password
-and an untrusted certificate are refused at the broker's door. Not yet true (xfail):
-that such a run fails; the source retries the login until `--until-idle` ends it with
-exit 0, as if the topic were empty.
+and an untrusted certificate are refused at the broker's door, and such a run ends with
+a clear `error:` line and exit 2 instead of reading nothing for ever.
 """
 
 from __future__ import annotations
@@ -383,7 +382,8 @@ def refused_runs(
         processes[name] = subprocess.Popen(
             cli_command(*args),
             cwd=tmp_path,
-            env=cli_env({PASSWORD_ENV: password}),
+            # librdkafka logs through paymetrics' logging: DEBUG lets its debug lines out
+            env=cli_env({PASSWORD_ENV: password, "PAYMETRICS__LOGGING__LEVEL": "DEBUG"}),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -434,12 +434,6 @@ def test_a_wrong_password_is_refused_at_the_broker_and_shown_nowhere(
     assert_hidden(run.result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kafka.py: a login that always fails is not an error; librdkafka retries it "
-    "for ever and only --until-idle ends the run, with exit 0 and events_in 0 (without "
-    "--until-idle the worker runs on, reading nothing)",
-)
 def test_a_wrong_password_fails_the_run(refused_runs: dict[str, RefusedRun]) -> None:
     run = refused_runs["wrong_password"]
     assert not run.timed_out, run.result.describe()
@@ -458,11 +452,6 @@ def test_an_untrusted_broker_certificate_is_refused_before_any_login(
     assert_hidden(run.result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kafka.py: a TLS handshake that always fails is not an error either; "
-    "--until-idle ends the run with exit 0 and events_in 0",
-)
 def test_an_untrusted_broker_certificate_fails_the_run(
     refused_runs: dict[str, RefusedRun],
 ) -> None:
