@@ -445,6 +445,7 @@ class Pipeline:
             event_ids=[rejects.event_id[k] for k in order],
             payloads=[dead_letter_payload(masked[rejects.index[k]]) for k in order],
         )
+        clock.lap("validate")  # in-batch de-duplication and the dead-letter rows
         topic = self.dead_letter_topic
         if topic is not None and len(dead):  # before the commit: at least once
             _retrying(
