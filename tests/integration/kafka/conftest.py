@@ -340,9 +340,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """A running Tansu broker on 127.0.0.1, in memory (one per xdist worker)."""
+def tansu_or_skip() -> tuple[Path, str]:
+    """The tansu executable and its version; skips (or fails, where services are
+    required) with the reason when confluent-kafka or the broker is not to be had."""
     try:
         import confluent_kafka  # noqa: F401
     except ImportError as error:
@@ -354,7 +354,13 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
     if isinstance(installed, str):
         _unavailable(installed)
         raise AssertionError("unreachable")
-    executable, version = installed
+    return installed
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A running Tansu broker on 127.0.0.1, in memory (one per xdist worker)."""
+    executable, version = tansu_or_skip()
     workdir = tmp_path_factory.mktemp("tansu")
     process, port = _start(executable, workdir)
     try:

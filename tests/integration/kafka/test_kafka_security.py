@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 import yaml
 from tests.conftest import CliResult, cli_command, cli_env, dump_table, query_rows, run_cli
-from tests.integration.kafka.conftest import _broker_env, _install, _stop, _unavailable
+from tests.integration.kafka.conftest import _broker_env, _stop, _unavailable, tansu_or_skip
 from tests.integration.kafka.secure_broker import SaslGateway, make_certificate
 from tests.integration.kafka.test_kafka_source import FAST, SAME
 from tests.services import free_port
@@ -133,18 +133,7 @@ def _ready(port: int, options: dict[str, str]) -> str | None:
 @pytest.fixture(scope="module")
 def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     """Tansu on a loopback port behind a TLS + SASL/PLAIN gateway (one per module)."""
-    try:
-        import confluent_kafka  # noqa: F401
-    except ImportError as error:
-        _unavailable(
-            f"Kafka tests need confluent-kafka ({error}); install it with: "
-            "pip install 'paymetrics[kafka]'"
-        )
-    installed = _install()
-    if isinstance(installed, str):
-        _unavailable(installed)
-        raise AssertionError("unreachable")
-    executable, _version = installed
+    executable, _version = tansu_or_skip()
     workdir = tmp_path_factory.mktemp("tansu-secure")
     try:
         cert, key = make_certificate(workdir / "tls")
