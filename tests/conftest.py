@@ -42,6 +42,8 @@ REQUIRE_SERVICES_ENV = "PAYMETRICS_REQUIRE_SERVICES"
 
 PAYMETRICS_TABLES = (
     "aggregate_histograms",
+    "compliance_alerts",
+    "compliance_counters",
     "config_versions",
     "dynamic_metrics",
     "failed_items",
@@ -54,6 +56,7 @@ WALL_CLOCK_COLUMNS: Mapping[str, frozenset[str]] = {
     # applied_by names the process (pid, host) that applied the version
     "config_versions": frozenset({"applied_at", "last_applied_at", "applied_by"}),
     "failed_items": frozenset({"id", "first_seen_at"}),
+    "compliance_alerts": frozenset({"id", "created_at"}),
     "ingest_batches": frozenset({"committed_at"}),
     "source_checkpoints": frozenset({"updated_at"}),
 }

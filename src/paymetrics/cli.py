@@ -499,7 +499,11 @@ def simulate(
     rate_late: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
     rate_pan_leak: Annotated[float, typer.Option(min=0, max=1)] = 0.0,
     scenario: Annotated[
-        str, typer.Option(help="baseline, decline_spike or latency_degradation")
+        str,
+        typer.Option(
+            help="baseline, decline_spike, latency_degradation, large_transaction, "
+            "daily_aggregate, structuring or velocity"
+        ),
     ] = "baseline",
     output: Annotated[str, typer.Option("--output", "-o", help="file path, or - for stdout")] = "-",
     to: Annotated[
@@ -695,6 +699,57 @@ def query_dynamic(
         _emit(rows, fmt, "dynamic_metrics")
 
 
+@query_app.command("histogram")
+def query_histogram(
+    name: Annotated[str, typer.Option(help="the histogram's name (`histograms[].name`)")],
+    since: Annotated[str | None, typer.Option(help="window_start >= this")] = None,
+    fmt: Annotated[Format, typer.Option("--format")] = Format.table,
+    config: ConfigOption = None,
+    db: DbOption = None,
+) -> None:
+    """A config-defined histogram, windows merged, per group: cumulative counts per
+    upper bound (Prometheus `le`, +Inf last) and p50/p90/p95/p99 interpolated in buckets."""
+    import sqlalchemy as sa
+
+    from paymetrics.config import load_settings
+    from paymetrics.metrics.histograms import HISTOGRAM_PREFIX, cumulative, percentile
+    from paymetrics.storage.tables import aggregate_histograms as t
+
+    with fatal_errors():
+        settings = load_settings(config_file=config).settings
+        spec = next((h for h in settings.histograms if h.name == name), None)
+        if spec is None:
+            known = ", ".join(sorted(h.name for h in settings.histograms)) or "(none configured)"
+            raise Fatal(f"no histogram {name!r} in the configuration; histograms: {known}")
+        stmt = (
+            sa.select(t.c.dimensions, t.c.bucket, sa.func.sum(t.c["count"]).label("count"))
+            .where(t.c.histogram == HISTOGRAM_PREFIX + name)
+            .group_by(t.c.dimensions, t.c.bucket)
+        )
+        if (lo := parse_instant(since, "--since")) is not None:
+            stmt = stmt.where(t.c.window_start >= lo)
+        url = db or settings.storage.db_url.get_secret_value()
+        with reading_store(url) as store, store.engine.connect() as conn:
+            found = conn.execute(stmt).all()
+        bounds = spec.buckets
+        groups: dict[str, list[int]] = {}
+        for dimensions, bucket, count in found:
+            counts = groups.setdefault(dimensions, [0] * (len(bounds) + 1))
+            counts[min(int(bucket), len(bounds))] += int(count)
+        labels = [f"{b:g}" for b in bounds] + ["+Inf"]
+        rows = []
+        for dimensions, counts in sorted(groups.items()):
+            running = cumulative(counts)
+            row: dict[str, Any] = {"dimensions": dimensions, "count": int(running[-1])}
+            for q in (50, 90, 95, 99):
+                row[f"p{q}"] = percentile(bounds, counts, q / 100)
+            row["buckets"] = json.dumps(
+                dict(zip(labels, (int(c) for c in running), strict=True)), separators=(",", ":")
+            )
+            rows.append(row)
+        _emit(rows, fmt, f"histogram {name}")
+
+
 @query_app.command("dlq")
 def query_dlq(
     reason: Annotated[str | None, typer.Option(help="reason code, e.g. invalid_type")] = None,
@@ -745,6 +800,46 @@ def query_dlq(
                 .limit(limit)
             )
         _emit(_query(stmt, db), fmt, "failed_items")
+
+
+@query_app.command("alerts")
+def query_alerts(
+    rule: Annotated[str | None, typer.Option(help="rule name, e.g. velocity")] = None,
+    since: Annotated[str | None, typer.Option(help="created_at >= this")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 1000,
+    fmt: Annotated[Format, typer.Option("--format")] = Format.table,
+    db: DbOption = None,
+) -> None:
+    """Compliance alerts (compliance_alerts), oldest period first."""
+    import sqlalchemy as sa
+
+    from paymetrics.storage.tables import compliance_alerts as t
+
+    with fatal_errors():
+        stmt = sa.select(
+            t.c.id,
+            t.c.rule,
+            t.c.severity,
+            t.c.subject_type,
+            t.c.subject_id,
+            t.c.period_start,
+            t.c.period_seconds,
+            t.c.measured_value,
+            t.c.threshold,
+            t.c.currency,
+            t.c.evidence_event_ids,
+            t.c.evidence,
+            t.c.created_at,
+            t.c.config_version,
+        )
+        if rule is not None:
+            stmt = stmt.where(t.c.rule == rule)
+        if (lo := parse_instant(since, "--since")) is not None:
+            stmt = stmt.where(t.c.created_at >= lo)
+        stmt = stmt.order_by(t.c.period_start, t.c.rule, t.c.subject_type, t.c.subject_id)
+        with reading_store(db_url(db), revision="0004") as store, store.engine.connect() as conn:
+            rows = [dict(row) for row in conn.execute(stmt.limit(limit)).mappings()]
+        _emit(rows, fmt, "compliance_alerts")
 
 
 # -- db --------------------------------------------------------------------------

@@ -27,11 +27,13 @@ class Rejects:
     """Dead letters found in one batch, keyed by the message's index in the batch."""
 
     index: list[int] = field(default_factory=list)
-    reason: list[Reason] = field(default_factory=list)
+    reason: list[Reason | str] = field(default_factory=list)
     message: list[str] = field(default_factory=list)
     event_id: list[str | None] = field(default_factory=list)
 
-    def add(self, index: int, reason: Reason, message: str, event_id: str | None = None) -> None:
+    def add(
+        self, index: int, reason: Reason | str, message: str, event_id: str | None = None
+    ) -> None:
         self.index.append(index)
         self.reason.append(reason)
         self.message.append(message)

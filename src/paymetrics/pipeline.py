@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,8 @@ from paymetrics.decode import Rejects, as_text, decode
 from paymetrics.events import MAX_EVENT_BYTES, Reason
 from paymetrics.mask import mask_batch
 from paymetrics.metrics.dynamic import MetricRule, aggregate_rules
+from paymetrics.metrics.extractors import Extractor, extract_all
+from paymetrics.metrics.histograms import Histogram, histogram_buckets
 from paymetrics.metrics.payment_5m import aggregate
 from paymetrics.metrics.windows import US_PER_SECOND, from_epoch_us
 from paymetrics.normalize import normalize
@@ -46,6 +48,9 @@ from paymetrics.storage.base import (
     is_transient,
 )
 from paymetrics.validate import DEFAULT_RULES, Rule, resolve_rules, validate
+
+if TYPE_CHECKING:
+    from paymetrics.compliance import Compliance
 
 __all__ = ["BatchReport", "Pipeline", "PipelineOptions", "RunStats"]
 
@@ -72,10 +77,16 @@ class PipelineOptions:
     max_lateness_seconds: float = DEFAULT_MAX_LATENESS_SECONDS
     rules: Sequence[str | Rule] = DEFAULT_RULES
     metric_rules: Sequence[MetricRule] = ()
+    #: Plugin metric extractors; their rows go to `dynamic_metrics` with config_version 0.
+    extractors: Sequence[Extractor] = ()
+    #: Config-defined fixed-bucket histograms, added to `aggregate_histograms`.
+    histograms: Sequence[Histogram] = ()
     #: Each metric rule's version (the config version its definition first appeared in).
     metric_versions: Mapping[str, int] = field(default_factory=dict)
     #: The config version in effect, recorded on every batch.
     config_version: int | None = None
+    #: The enabled compliance rules (None: none enabled, nothing is evaluated).
+    compliance: Compliance | None = None
     #: Commit each batch in a writer thread while the next one is prepared (decode,
     #: validate, archive): database time then overlaps with Python time. Commits stay
     #: one at a time and in order, and a batch is acknowledged only after its commit.
@@ -106,6 +117,8 @@ class BatchReport:
     watermark_us: int | None = None
     #: Seconds from reading the batch to its commit (set by `run`).
     seconds: float = 0.0
+    #: New compliance alerts raised by the batch.
+    alerts: int = 0
 
 
 @dataclass(slots=True)
@@ -482,8 +495,21 @@ class Pipeline:
             stored = prepared.unique.filter(pa.array(new))
             partials = aggregate(stored)
             tx.apply_payment_metrics(partials)
-            if options.metric_rules:
+            if options.metric_rules or options.extractors:
                 tx.apply_dynamic_metrics(_dynamic_partials(stored, options))
+            if options.histograms:
+                tx.add_histogram_buckets(histogram_buckets(stored, options.histograms))
+            alerts = 0
+            if options.compliance is not None:
+                alerts = tx.apply_compliance(
+                    options.compliance,
+                    stored,
+                    source_id=batch.source_id,
+                    partition=batch.partition,
+                    previous_watermark_us=state.watermark_us,
+                    watermark_us=prepared.watermark,
+                    config_version=options.config_version,
+                )
             normalized = int(new.sum())
             counts = BatchCounts(
                 messages=len(batch),
@@ -512,6 +538,7 @@ class Pipeline:
             metric_rows=rows.num_rows,
             reasons=Counter(prepared.dead.reasons),
             watermark_us=new_state.watermark_us,
+            alerts=alerts,
         )
         return report, new_state
 
@@ -589,11 +616,25 @@ def _dynamic_partials(stored: pa.Table, options: PipelineOptions) -> pa.Table:
     partials = aggregate_rules(stored, options.metric_rules)
     names = partials["metric_name"]
     aggregates = {r.name: r.aggregate for r in options.metric_rules}
-    keys = pa.array(list(aggregates))
+    keys = pa.array(list(aggregates), pa.string())
     at = pc.index_in(names, value_set=keys)
     versions = pa.array([options.metric_versions.get(n, 0) for n in aggregates], pa.int64())
-    partials = partials.append_column("aggregate", pa.array(list(aggregates.values())).take(at))
-    return partials.append_column("config_version", versions.take(at))
+    partials = partials.append_column(
+        "aggregate", pa.array(list(aggregates.values()), pa.string()).take(at)
+    )
+    partials = partials.append_column("config_version", versions.take(at))
+    if not options.extractors:
+        return partials
+    extracted = extract_all(stored, options.extractors)
+    kinds = {e.name: e.aggregate for e in options.extractors}
+    at = pc.index_in(extracted["metric_name"], value_set=pa.array(list(kinds), pa.string()))
+    extracted = extracted.append_column(
+        "aggregate", pa.array(list(kinds.values()), pa.string()).take(at)
+    )
+    extracted = extracted.append_column(
+        "config_version", pa.repeat(pa.scalar(0, pa.int64()), extracted.num_rows)
+    )
+    return pa.concat_tables([partials, extracted])
 
 
 T = TypeVar("T")

@@ -59,6 +59,7 @@ SOURCE_COLUMNS = {
     "failed_items": ["source_id", "partition"],
     "source_checkpoints": ["source_id", "partition", "byte_offset"],
     "config_versions": ["origin"],
+    "compliance_alerts": ["evidence"],  # pan_exposure evidence names the source
 }
 
 

@@ -136,7 +136,8 @@ def render_reference() -> str:
     for name, info in Settings.model_fields.items():
         model = _model_of(info.annotation)
         assert model is not None
-        path = f"{name}[]" if typing.get_origin(info.annotation) is list else name
+        origin = typing.get_origin(info.annotation)
+        path = f"{name}[]" if origin is list else f"{name}.<name>" if origin is dict else name
         _section(model, path, lines)
     _rule_params(lines)
     lines.append(END)

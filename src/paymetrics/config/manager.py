@@ -34,8 +34,11 @@ log = logging.getLogger("paymetrics.config")
 
 def pipeline_options(settings: Settings, applied: AppliedConfig | None) -> PipelineOptions:
     """The pipeline's view of a configuration (rules compiled, versions attached)."""
+    from paymetrics.compliance import Compliance
     from paymetrics.config.model import EVENT_SCHEMA
     from paymetrics.metrics.dynamic import compile_rule
+    from paymetrics.metrics.extractors import resolve_extractor
+    from paymetrics.metrics.histograms import compile_histogram
     from paymetrics.pipeline import PipelineOptions
     from paymetrics.validate import resolve_rule
 
@@ -63,8 +66,21 @@ def pipeline_options(settings: Settings, applied: AppliedConfig | None) -> Pipel
         max_lateness_seconds=settings.lateness.max_lateness_seconds,
         rules=rules,
         metric_rules=metric_rules,
+        extractors=[resolve_extractor(name) for name in settings.enabled_extractors()],
+        histograms=[
+            compile_histogram(
+                name=h.name,
+                column=h.column,
+                buckets=h.buckets,
+                group_by=h.group_by,
+                window=h.window,
+                schema=EVENT_SCHEMA,
+            )
+            for h in settings.histograms
+        ],
         metric_versions={} if applied is None else dict(applied.metric_versions),
         config_version=None if applied is None else applied.version,
+        compliance=Compliance.from_settings(settings.compliance, settings.fx),
         retry_initial_seconds=settings.storage.retry_initial_seconds,
         retry_max_interval_seconds=settings.storage.retry_max_interval_seconds,
         retry_give_up_seconds=settings.storage.retry_give_up_seconds,

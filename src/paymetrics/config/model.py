@@ -32,7 +32,9 @@ __all__ = [
     "ApiSettings",
     "BatchingSettings",
     "ComplianceSettings",
+    "ExtractorSettings",
     "FxSettings",
+    "HistogramSettings",
     "LatenessSettings",
     "LoggingSettings",
     "MetricRuleSettings",
@@ -217,6 +219,43 @@ def _first_line(error: Exception) -> str:
     return str(error).splitlines()[0]
 
 
+class HistogramSettings(Section):
+    """A fixed-bucket histogram, added per window into `aggregate_histograms`."""
+
+    name: Identifier
+    """Histogram name (stored as `histogram.<name>`; `paymetrics query histogram --name`)."""
+    column: str
+    """Numeric expression over event columns whose values are counted (NULL: not counted)."""
+    buckets: list[float] = Field(min_length=1)
+    """Upper bounds, strictly ascending; a value v goes to the first bound >= v, and +Inf
+    is implied as the last bucket."""
+    group_by: list[str] = Field(default_factory=list)
+    """Event columns the histogram is broken down by (its `dimensions`)."""
+    window: Literal["1m", "5m", "15m", "1h", "1d"] = "1h"
+    """Tumbling window in UTC the counts are kept per."""
+
+    @model_validator(mode="after")
+    def _compiles(self) -> HistogramSettings:
+        from paymetrics.metrics.histograms import compile_histogram
+
+        compile_histogram(
+            name=self.name,
+            column=self.column,
+            buckets=self.buckets,
+            group_by=self.group_by,
+            window=self.window,
+            schema=EVENT_SCHEMA,
+        )
+        return self
+
+
+class ExtractorSettings(Section):
+    """One installed metric extractor (a plugin): on or off."""
+
+    enabled: bool = True
+    """Whether the extractor runs."""
+
+
 class MetricRuleSettings(Section):
     """A config-defined metric, computed into `dynamic_metrics` per window."""
 
@@ -358,9 +397,13 @@ class LatencySloRule(ComplianceRuleSettings):
 
 
 class ComplianceSettings(Section):
-    """Compliance monitoring rules and their thresholds. Validated and versioned now;
-    the rules are evaluated once compliance monitoring is built."""
+    """Compliance monitoring: rules evaluated in every batch's transaction, writing
+    `compliance_alerts` (see docs/compliance.md)."""
 
+    enabled: bool = False
+    """Evaluate the rules below (each also has its own `enabled`). Off by default: the
+    rules cost throughput (docs/performance.md) and their thresholds should be set by
+    whoever answers the alerts."""
     large_transaction: LargeTransactionRule = LargeTransactionRule(severity="medium")
     """Large single transactions."""
     daily_aggregate_threshold: DailyAggregateRule = DailyAggregateRule(severity="high")
@@ -503,6 +546,12 @@ class Settings(Section):
     """Validation rules on top of the event contract."""
     metrics: list[MetricRuleSettings] = Field(default_factory=list)
     """Metric rules computed into `dynamic_metrics`, besides the fixed `payment_metrics_5m`."""
+    extractors: dict[str, ExtractorSettings] = Field(default_factory=dict)
+    """Installed metric extractors to run, by name (entry-point group
+    `paymetrics.extractors`, see docs/plugins.md), e.g. `{refund_ratio_by_country: {}}`;
+    their rows go to `dynamic_metrics` like a metric rule's."""
+    histograms: list[HistogramSettings] = Field(default_factory=list)
+    """Fixed-bucket histograms (Prometheus-style), stored in `aggregate_histograms`."""
     compliance: ComplianceSettings = ComplianceSettings()
     """Compliance monitoring rules and their thresholds."""
     fx: FxSettings = FxSettings()
@@ -529,6 +578,37 @@ class Settings(Section):
                 raise ValueError(f"metric name {rule.name!r} is used twice")
             seen.add(rule.name)
         return value
+
+    @field_validator("histograms")
+    @classmethod
+    def _unique_histograms(cls, value: list[HistogramSettings]) -> list[HistogramSettings]:
+        names = [h.name for h in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"histogram name(s) used twice: {', '.join(repeated)}")
+        return value
+
+    @field_validator("extractors")
+    @classmethod
+    def _known_extractors(
+        cls, value: dict[str, ExtractorSettings], info: ValidationInfo
+    ) -> dict[str, ExtractorSettings]:
+        from paymetrics.metrics.extractors import EXTRACTORS
+
+        problems = [
+            f"unknown extractor {name!r}; valid extractors: "
+            f"{', '.join(sorted(EXTRACTORS)) or '(none installed)'}"
+            for name in value
+            if name not in EXTRACTORS
+        ]
+        rules = {r.name for r in info.data.get("metrics", [])}
+        problems += [f"{n!r} is also the name of a metric rule" for n in value if n in rules]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    def enabled_extractors(self) -> list[str]:
+        return sorted(name for name, extractor in self.extractors.items() if extractor.enabled)
 
     @model_validator(mode="after")
     def _retention_covers_lateness(self) -> Settings:

@@ -56,6 +56,13 @@ def rules_document(settings: Settings) -> dict[str, Any]:
         },
         "compliance": settings.compliance.model_dump(mode="json"),
         "fx": settings.fx.model_dump(mode="json"),
+        # only when used, so documents (and hashes) of configs without extractors stay as they were
+        **({"extractors": settings.enabled_extractors()} if settings.enabled_extractors() else {}),
+        **(
+            {"histograms": [h.model_dump(mode="json") for h in settings.histograms]}
+            if settings.histograms
+            else {}
+        ),
     }
 
 

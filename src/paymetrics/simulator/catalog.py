@@ -93,9 +93,9 @@ MN_WALLET: Final = len(CARD_NETWORKS)
 MN_BANK: Final = MN_WALLET + 1
 MN_BNPL: Final = MN_WALLET + 2
 
-LATENCY_MEDIAN_MS: Final = np.array([170, 190, 330, 260, 300, 380, 240, 650, 900], np.float64)
+LATENCY_MEDIAN_MS: Final = np.array([170, 190, 245, 240, 260, 300, 240, 650, 900], np.float64)
 """Authorization round-trip medians by `mn` code: amex and the non-card rails are slower."""
-LATENCY_SIGMA: Final = np.array([0.45, 0.45, 0.55, 0.5, 0.5, 0.55, 0.5, 0.6, 0.55], np.float64)
+LATENCY_SIGMA: Final = np.array([0.45, 0.45, 0.45, 0.5, 0.5, 0.55, 0.5, 0.6, 0.55], np.float64)
 
 DECLINE_CODES: Final[tuple[tuple[str, float], ...]] = (
     ("insufficient_funds", 0.30),

@@ -120,6 +120,9 @@ _COLUMNS: Final[dict[str, type[np.generic]]] = {
     "eid_b": np.uint64,
 }
 
+CUSTOMERS: Final = 5_000_000
+"""Customer numbers of plain traffic are 0 ..< CUSTOMERS; scenarios use numbers above."""
+
 _NORMAL: Final = 0
 _PAN: Final = 1
 _DUP: Final = 2
@@ -670,7 +673,9 @@ class _Engine:
         decline = np.where(status == 1, np.minimum(code, len(DECLINE_CODES) - 1), -1)
 
         z = rng.standard_normal(n)
-        amount = np.exp(m.amount_mu[merchant] + m.amount_sigma[merchant] * z)
+        # z clipped to 3 sigma: a merchant's price list ends somewhere, and plain traffic
+        # stays clear of the compliance thresholds (the compliance scenarios cross them).
+        amount = np.exp(m.amount_mu[merchant] + m.amount_sigma[merchant] * np.minimum(z, 3.0))
         amount = np.clip(np.rint(amount), 1, 10**12).astype(np.int64)
 
         latency = LATENCY_MEDIAN_MS[mn] * np.exp(LATENCY_SIGMA[mn] * rng.standard_normal(n))
@@ -684,7 +689,8 @@ class _Engine:
         )
         country = np.where(m.sends_country[merchant], country, -1)
         has_cust = (channel != 1) | (rng.random(n) < 0.35)
-        cust = np.where(has_cust, (rng.random(n) ** 2 * 2_000_000).astype(np.int64), -1)
+        # Uniform over many customers: plain traffic never looks like a velocity burst.
+        cust = np.where(has_cust, (rng.random(n) * CUSTOMERS).astype(np.int64), -1)
 
         has_meta = rng.random(n) < m.p_metadata[merchant]
         three_ds = (mn < MN_WALLET) & (rng.random(n) < 0.4)

@@ -16,15 +16,19 @@ from typing import Any, ClassVar, Final
 import numpy as np
 import numpy.typing as npt
 
-from paymetrics.simulator.catalog import CARD_NETWORKS, DECLINE_NAMES, Merchants
+from paymetrics.simulator.catalog import CARD_NETWORKS, DECLINE_NAMES, REGIONS, Merchants
 
 __all__ = [
     "SCENARIOS",
     "Baseline",
+    "DailyAggregate",
     "DeclineSpike",
+    "LargeTransactions",
     "LatencyDegradation",
     "Scenario",
     "ScenarioContext",
+    "Structuring",
+    "Velocity",
     "resolve_scenario",
 ]
 
@@ -155,8 +159,101 @@ class LatencyDegradation(Scenario):
         ev["latency"][hit] *= self.factor
 
 
+class _UsdPayments(Scenario):
+    """`count` authorizations at USD merchants inside a window in the middle of the run are
+    rewritten: approved, an amount drawn from `amount_usd`, and `customer` (a number above
+    the plain traffic's customers; -1: none). Compliance rules judge USD amounts without
+    any FX rate configured, hence USD merchants."""
+
+    minutes: ClassVar[int] = 60
+    count: ClassVar[int] = 1
+    amount_usd: ClassVar[tuple[float, float]] = (1.0, 2.0)
+    customer: ClassVar[int] = -1
+
+    def __init__(self, ctx: ScenarioContext) -> None:
+        super().__init__(ctx)
+        usd = [
+            i for i, r in enumerate(ctx.merchants.region.tolist()) if REGIONS[r].currency == "USD"
+        ]
+        self.usd = np.asarray(usd, dtype=np.int64)
+        self.start_ms, self.end_ms = _middle_window(ctx, self.minutes)
+        self.left = self.count
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "scenario": self.name,
+            "count": self.count,
+            "amount_usd": self.amount_usd,
+            "customer_number": self.customer,
+            "start": _to_datetime(self.start_ms),
+            "end": _to_datetime(self.end_ms),
+        }
+
+    def apply(self, ev: Columns, rng: np.random.Generator) -> None:
+        if self.left <= 0:
+            return
+        t = ev["t"]
+        window = (t >= self.start_ms) & (t < self.end_ms) & (ev["etype"] == 0)
+        hit = np.flatnonzero(window & np.isin(ev["merchant"], self.usd))[: self.left]
+        if not len(hit):
+            return
+        self.left -= len(hit)
+        low, high = self.amount_usd
+        ev["amount"][hit] = np.rint(rng.uniform(low, high, len(hit)) * 100).astype(np.int64)
+        ev["status"][hit] = 0
+        ev["decline"][hit] = -1
+        ev["cust"][hit] = self.customer
+
+
+class LargeTransactions(_UsdPayments):
+    """Three single approved payments of USD 12,000 to 40,000 (no customer id)."""
+
+    name = "large_transaction"
+    count = 3
+    amount_usd = (12_000.0, 40_000.0)
+
+
+class DailyAggregate(_UsdPayments):
+    """One customer pays five times USD 2,200 to 2,800 within an hour: over USD 10,000
+    in one day, no single payment near the threshold."""
+
+    name = "daily_aggregate"
+    count = 5
+    amount_usd = (2_200.0, 2_800.0)
+    customer = 5_000_002
+
+
+class Structuring(_UsdPayments):
+    """One customer pays four times USD 8,500 to 9,900 within an hour: each just below
+    USD 10,000 (the day's total crosses it too)."""
+
+    name = "structuring"
+    count = 4
+    amount_usd = (8_500.0, 9_900.0)
+    customer = 5_000_003
+
+
+class Velocity(_UsdPayments):
+    """One customer makes twelve small payments within 20 minutes."""
+
+    name = "velocity"
+    minutes = 20
+    count = 12
+    amount_usd = (5.0, 50.0)
+    customer = 5_000_004
+
+
 SCENARIOS: Final[dict[str, type[Scenario]]] = {
-    cls.name: cls for cls in (Baseline, DeclineSpike, LatencyDegradation)
+    cls.name: cls
+    for cls in (
+        Baseline,
+        DeclineSpike,
+        LatencyDegradation,
+        LargeTransactions,
+        DailyAggregate,
+        Structuring,
+        Velocity,
+    )
 }
 
 

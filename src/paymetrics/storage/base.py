@@ -13,13 +13,16 @@ import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
 from paymetrics.metrics.payment_5m import Partials
+
+if TYPE_CHECKING:
+    from paymetrics.compliance import Compliance
 
 __all__ = [
     "AppliedConfig",
@@ -148,6 +151,27 @@ class Transaction(abc.ABC):
     def apply_dynamic_metrics(self, partials: pa.Table) -> None:
         """Add partials (`paymetrics.metrics.dynamic.PARTIAL_SCHEMA` plus `aggregate` and
         `config_version` columns) to `dynamic_metrics`, recomputing each row's value."""
+
+    def add_histogram_buckets(self, buckets: pa.Table) -> None:
+        """Add config-defined histogram bucket counts
+        (`paymetrics.metrics.histograms.BUCKET_SCHEMA`) to `aggregate_histograms`."""
+        raise NotImplementedError(f"{type(self).__name__} does not support histograms")
+
+    def apply_compliance(
+        self,
+        compliance: Compliance,
+        events: pa.Table,
+        *,
+        source_id: str,
+        partition: str,
+        previous_watermark_us: int | None,
+        watermark_us: int | None,
+        config_version: int | None = None,
+    ) -> int:
+        """Judge the batch's newly stored `events` with the compliance rules: update
+        their counters and sketches, insert their alerts (each key once); returns how
+        many alerts were new. A store without compliance support raises."""
+        raise NotImplementedError(f"{type(self).__name__} does not support compliance rules")
 
     @abc.abstractmethod
     def finish_batch(

@@ -137,6 +137,25 @@ _UPDATE_BUCKETS = (
     f"WHERE {_SKETCH_MATCH} AND h.bucket = k.bucket"
 )
 
+_COUNTER_KEY = ("rule", "subject_type", "subject_id", "period_start", "period_seconds")
+_COUNTER_TYPES = (TEXT, TEXT, TEXT, TIMESTAMPTZ, INT4, INT8, INT8)
+_UPSERT_COUNTERS = (
+    f"INSERT INTO compliance_counters ({', '.join(_COUNTER_KEY)}, count, amount_minor_reporting) "
+    "SELECT * FROM unnest(%b, %b, %b, %b, %b, %b, %b) "
+    f"ON CONFLICT ({', '.join(_COUNTER_KEY)}) DO UPDATE SET "
+    "count = compliance_counters.count + excluded.count, "
+    "amount_minor_reporting = compliance_counters.amount_minor_reporting "
+    "+ excluded.amount_minor_reporting "
+    "RETURNING subject_id, period_start, count, amount_minor_reporting"
+)
+
+_UPSERT_SKETCH_BUCKETS = (
+    f"INSERT INTO aggregate_histograms ({', '.join(_SKETCH_KEY)}, bucket, count) "
+    "SELECT * FROM unnest(%b, %b, %b, %b, %b, %b) "
+    f"ON CONFLICT ({', '.join(_SKETCH_KEY)}, bucket) DO UPDATE SET "
+    "count = aggregate_histograms.count + excluded.count"
+)
+
 _TRANSIENT = (
     psycopg.errors.UniqueViolation,
     psycopg.errors.DeadlockDetected,
@@ -335,6 +354,43 @@ class PostgresTransaction(SqlTransaction):
             _copy(cursor, copy_buckets)
             if update_buckets:
                 _query(cursor, _UPDATE_BUCKETS, update_buckets)
+
+    # -- compliance counters -------------------------------------------------------
+
+    def add_compliance_counters(self, rows: pa.Table) -> pa.Table:
+        """One upsert from binary arrays, in key order (two writers lock keys in the same
+        order); RETURNING gives the totals."""
+        order = pc.sort_indices(rows, [(k, "ascending") for k in _COUNTER_KEY])
+        rows = rows.take(order)
+        names = (*_COUNTER_KEY, "count", "amount_minor_reporting")
+        params = [array_param(rows[n], t) for n, t in zip(names, _COUNTER_TYPES, strict=True)]
+        with _transient_errors("storing compliance counters"), self._driver().cursor() as cursor:
+            _query(cursor, _UPSERT_COUNTERS, params)
+            found = cursor.fetchall()
+        columns = list(zip(*found, strict=True)) if found else [(), (), (), ()]
+        return pa.table(
+            {
+                "subject_id": pa.array(columns[0], pa.string()),
+                "period_start": pa.array(columns[1], pa.timestamp("us", "UTC")),
+                "count": pa.array(columns[2], pa.int64()),
+                "amount_minor_reporting": pa.array(columns[3], pa.int64()),
+            }
+        )
+
+    def add_sketch_buckets(self, histogram: str, buckets: pa.Table) -> None:
+        n = buckets.num_rows
+        if not n:
+            return
+        params = [
+            array_param(_repeat(histogram, n, pa.string()), TEXT),
+            array_param(buckets["window_start"], TIMESTAMPTZ),
+            array_param(_repeat(WINDOW_SECONDS, n, pa.int32()), INT4),
+            array_param(buckets["dimensions"], TEXT),
+            array_param(buckets["bucket"], INT8),
+            array_param(buckets["count"], INT8),
+        ]
+        with _transient_errors("storing compliance sketches"), self._driver().cursor() as cursor:
+            _query(cursor, _UPSERT_SKETCH_BUCKETS, params)
 
     # SqlTransaction.apply_payment_metrics, overridden above, is all that calls these.
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from paymetrics.metrics.payment_5m import KEY_COLUMNS, Partials
 from paymetrics.metrics.sketch import grouped_quantiles
 from paymetrics.metrics.windows import from_epoch_us, to_epoch_us
+from paymetrics.normalize import WINDOW_SECONDS
 from paymetrics.storage import migrate
 from paymetrics.storage.base import (
     AppliedConfig,
@@ -37,6 +38,8 @@ from paymetrics.storage.base import (
 )
 from paymetrics.storage.tables import (
     aggregate_histograms,
+    compliance_alerts,
+    compliance_counters,
     config_versions,
     dynamic_metrics,
     failed_items,
@@ -45,6 +48,9 @@ from paymetrics.storage.tables import (
     payment_metrics_5m,
     source_checkpoints,
 )
+
+if TYPE_CHECKING:
+    from paymetrics.compliance import Alert, Compliance
 
 __all__ = ["SqlStore", "SqlTransaction"]
 
@@ -203,6 +209,161 @@ class SqlTransaction(Transaction, abc.ABC):
         for row in rows:
             row["value"] = _initial_value(row)
         self.conn.execute(stmt, rows)
+
+    # -- compliance --------------------------------------------------------------
+
+    def apply_compliance(
+        self,
+        compliance: Compliance,
+        events: pa.Table,
+        *,
+        source_id: str,
+        partition: str,
+        previous_watermark_us: int | None,
+        watermark_us: int | None,
+        config_version: int | None = None,
+    ) -> int:
+        return compliance.evaluate(
+            events,
+            self,
+            source_id=source_id,
+            partition=partition,
+            previous_watermark_us=previous_watermark_us,
+            watermark_us=watermark_us,
+            config_version=config_version,
+        )
+
+    def add_compliance_counters(self, rows: pa.Table) -> pa.Table:
+        t = compliance_counters
+        insert = _insert(self.conn, t)
+        stmt = insert.on_conflict_do_update(
+            index_elements=[c.name for c in t.primary_key.columns],
+            set_={
+                "count": t.c.count + insert.excluded["count"],
+                "amount_minor_reporting": t.c.amount_minor_reporting
+                + insert.excluded.amount_minor_reporting,
+            },
+        ).returning(t.c.subject_id, t.c.period_start, t.c.count, t.c.amount_minor_reporting)
+        found = self.conn.execute(stmt, rows.to_pylist()).all()
+        columns = list(zip(*found, strict=True)) if found else [(), (), (), ()]
+        return pa.table(
+            {
+                "subject_id": pa.array(columns[0], pa.string()),
+                "period_start": pa.array(columns[1], pa.timestamp("us", "UTC")),
+                "count": pa.array(columns[2], pa.int64()),
+                "amount_minor_reporting": pa.array(columns[3], pa.int64()),
+            }
+        )
+
+    def add_histogram_buckets(self, buckets: pa.Table) -> None:
+        """Config-defined histograms: counts add (rows in key order: one lock order)."""
+        if not buckets.num_rows:
+            return
+        t = aggregate_histograms
+        insert = _insert(self.conn, t)
+        stmt = insert.on_conflict_do_update(
+            index_elements=[c.name for c in t.primary_key.columns],
+            set_={"count": t.c.count + insert.excluded["count"]},
+        )
+        self.conn.execute(stmt, buckets.select([c.name for c in t.columns]).to_pylist())
+
+    def add_sketch_buckets(self, histogram: str, buckets: pa.Table) -> None:
+        if not buckets.num_rows:
+            return
+        t = aggregate_histograms
+        insert = _insert(self.conn, t)
+        stmt = insert.on_conflict_do_update(
+            index_elements=[c.name for c in t.primary_key.columns],
+            set_={"count": t.c.count + insert.excluded["count"]},
+        )
+        rows = buckets.to_pylist()
+        for row in rows:
+            row["histogram"] = histogram
+            row["window_seconds"] = WINDOW_SECONDS
+        self.conn.execute(stmt, rows)
+
+    def read_sketch_buckets(self, histogram: str, start_us: int, end_us: int) -> pa.Table:
+        t = aggregate_histograms
+        found = self.conn.execute(
+            sa.select(t.c.window_start, t.c.dimensions, t.c.bucket, t.c["count"]).where(
+                t.c.histogram == histogram,
+                t.c.window_start >= from_epoch_us(start_us),
+                t.c.window_start < from_epoch_us(end_us),
+                t.c.window_seconds == WINDOW_SECONDS,
+            )
+        ).all()
+        columns = list(zip(*found, strict=True)) if found else [(), (), (), ()]
+        return pa.table(
+            {
+                "window_start": pa.array([to_epoch_us(w) for w in columns[0]], pa.int64()),
+                "dimensions": pa.array(columns[1], pa.string()),
+                "bucket": pa.array(columns[2], pa.int64()),
+                "count": pa.array(columns[3], pa.int64()),
+            }
+        )
+
+    def read_merchant_windows(self, start_us: int, end_us: int) -> pa.Table:
+        t = payment_metrics_5m
+        found = self.conn.execute(
+            sa.select(
+                t.c.window_start,
+                t.c.merchant_id,
+                sa.func.sum(t.c.authorizations),
+                sa.func.sum(t.c.approved),
+            )
+            .where(
+                t.c.window_start >= from_epoch_us(start_us),
+                t.c.window_start < from_epoch_us(end_us),
+            )
+            .group_by(t.c.window_start, t.c.merchant_id)
+        ).all()
+        columns = list(zip(*found, strict=True)) if found else [(), (), (), ()]
+        return pa.table(
+            {
+                "window_start": pa.array([to_epoch_us(w) for w in columns[0]], pa.int64()),
+                "merchant_id": pa.array(columns[1], pa.string()),
+                "authorizations": pa.array([int(v) for v in columns[2]], pa.int64()),
+                "approved": pa.array([int(v) for v in columns[3]], pa.int64()),
+            }
+        )
+
+    def insert_alerts(self, alerts: Sequence[Alert], config_version: int | None) -> int:
+        if not alerts:
+            return 0
+        t = compliance_alerts
+        stmt = (
+            _insert(self.conn, t)
+            .on_conflict_do_nothing(
+                index_elements=[
+                    "rule",
+                    "subject_type",
+                    "subject_id",
+                    "period_start",
+                    "period_seconds",
+                ]
+            )
+            .returning(t.c.id)
+        )
+        now = self.clock()
+        rows = [
+            {
+                "rule": a.rule,
+                "severity": a.severity,
+                "subject_type": a.subject_type,
+                "subject_id": a.subject_id,
+                "period_start": a.period_start,
+                "period_seconds": a.period_seconds,
+                "measured_value": a.measured_value,
+                "threshold": a.threshold,
+                "currency": a.currency,
+                "evidence_event_ids": json.dumps(list(a.evidence_event_ids)),
+                "evidence": json.dumps(a.evidence, sort_keys=True),
+                "created_at": now,
+                "config_version": config_version,
+            }
+            for a in sorted(alerts, key=lambda a: a.key)  # one lock order for all writers
+        ]
+        return len(self.conn.execute(stmt, rows).all())
 
     # -- checkpoint --------------------------------------------------------------
 

@@ -67,6 +67,15 @@ _UPDATE_PERCENTILES = (
 )
 
 
+_COUNTER_KEY = ("rule", "subject_type", "subject_id", "period_start", "period_seconds")
+_UPSERT_COUNTERS = (
+    f"INSERT INTO compliance_counters ({', '.join(_COUNTER_KEY)}, count, amount_minor_reporting) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) "
+    f"ON CONFLICT ({', '.join(_COUNTER_KEY)}) DO UPDATE SET count = count + excluded.count, "
+    "amount_minor_reporting = amount_minor_reporting + excluded.amount_minor_reporting"
+)
+
+
 def _pylist(column: pa.ChunkedArray | pa.Array) -> list[Any]:
     """Driver-ready Python values; timestamps become SQLite's UTC text form."""
     if pa.types.is_timestamp(column.type):
@@ -187,6 +196,64 @@ class SQLiteTransaction(SqlTransaction):
         columns = [quantiles[:, i].tolist() for i in range(quantiles.shape[1])]
         columns += [_pylist(keys[name]) for name in KEY_COLUMNS]
         self.conn.exec_driver_sql(_UPDATE_PERCENTILES, list(zip(*columns, strict=True)))
+
+    # -- compliance: the bulk paths, as for the metrics ------------------------------
+
+    def add_compliance_counters(self, rows: pa.Table) -> pa.Table:
+        """Upsert with one executemany, then read the totals back by a join on a temporary
+        table of the touched keys (row numbers, not keys, come back: no parsing)."""
+        n = rows.num_rows
+        columns = [
+            _pylist(rows[name]) for name in (*_COUNTER_KEY, "count", "amount_minor_reporting")
+        ]
+        keys = list(zip(*columns[:5], strict=True))
+        self.conn.exec_driver_sql(_UPSERT_COUNTERS, list(zip(*columns, strict=True)))
+        self.conn.exec_driver_sql(
+            "CREATE TEMP TABLE IF NOT EXISTS touched_counters (k INTEGER PRIMARY KEY, "
+            "rule VARCHAR, subject_type VARCHAR, subject_id VARCHAR, period_start DATETIME, "
+            "period_seconds INTEGER)"
+        )
+        self.conn.exec_driver_sql("DELETE FROM touched_counters")
+        self.conn.exec_driver_sql(
+            "INSERT INTO touched_counters VALUES (?, ?, ?, ?, ?, ?)",
+            [(k, *key) for k, key in enumerate(keys)],
+        )
+        driver = self.conn.connection.driver_connection
+        assert driver is not None
+        cursor = driver.cursor()
+        found = cursor.execute(
+            "SELECT t.k, c.count, c.amount_minor_reporting FROM touched_counters t "
+            "CROSS JOIN compliance_counters c ON "
+            + " AND ".join(f"c.{k} = t.{k}" for k in _COUNTER_KEY)
+        ).fetchall()
+        cursor.close()
+        totals = np.asarray(found, dtype=np.int64).reshape(-1, 3)
+        count = np.zeros(n, dtype=np.int64)
+        amount = np.zeros(n, dtype=np.int64)
+        count[totals[:, 0]] = totals[:, 1]
+        amount[totals[:, 0]] = totals[:, 2]
+        return pa.table(
+            {
+                "subject_id": rows["subject_id"],
+                "period_start": rows["period_start"],
+                "count": pa.array(count),
+                "amount_minor_reporting": pa.array(amount),
+            }
+        )
+
+    def add_sketch_buckets(self, histogram: str, buckets: pa.Table) -> None:
+        n = buckets.num_rows
+        if not n:
+            return
+        columns = [
+            [histogram] * n,
+            _pylist(buckets["window_start"]),
+            [WINDOW_SECONDS] * n,
+            _pylist(buckets["dimensions"]),
+            _pylist(buckets["bucket"]),
+            _pylist(buckets["count"]),
+        ]
+        self.conn.exec_driver_sql(_UPSERT_BUCKETS, list(zip(*columns, strict=True)))
 
 
 class SQLiteStore(SqlStore):

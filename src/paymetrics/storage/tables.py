@@ -17,6 +17,8 @@ __all__ = [
     "METRIC_KEY_COLUMNS",
     "UTCDateTime",
     "aggregate_histograms",
+    "compliance_alerts",
+    "compliance_counters",
     "config_versions",
     "dynamic_metrics",
     "failed_items",
@@ -227,3 +229,50 @@ POSTGRES_ONLY_INDEXES = frozenset(
         "ix_dynamic_metrics_window_start",
     }
 )
+
+compliance_counters = sa.Table(
+    "compliance_counters",
+    metadata,
+    sa.Column("rule", sa.String(64), primary_key=True),
+    sa.Column("subject_type", sa.String(32), primary_key=True),
+    sa.Column("subject_id", sa.String(128), primary_key=True),
+    sa.Column("period_start", UTCDateTime, primary_key=True),
+    sa.Column("period_seconds", sa.Integer, primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("amount_minor_reporting", sa.BigInteger, nullable=False),
+    comment="Additive per-subject period counters of the compliance rules.",
+)
+
+compliance_alerts = sa.Table(
+    "compliance_alerts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("subject_type", sa.String(32), nullable=False),
+    sa.Column("subject_id", sa.String(128), nullable=False),
+    sa.Column("period_start", UTCDateTime, nullable=False),
+    sa.Column("period_seconds", sa.Integer, nullable=False),
+    sa.Column("measured_value", sa.Float, nullable=False),
+    sa.Column("threshold", sa.Float, nullable=False),
+    sa.Column("currency", sa.String(3)),
+    sa.Column("evidence_event_ids", sa.Text, nullable=False),
+    sa.Column("evidence", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("config_version", sa.Integer),
+    sa.Column("delivery_status", sa.String(16)),
+    sa.Column("delivery_attempts", sa.Integer),
+    sa.Column("last_delivery_error", sa.Text),
+    sa.Column("delivered_at", UTCDateTime),
+    sa.UniqueConstraint(
+        "rule",
+        "subject_type",
+        "subject_id",
+        "period_start",
+        "period_seconds",
+        name="uq_compliance_alerts_key",
+    ),
+    comment="Compliance alerts: one per rule, subject and period.",
+)
+
+sa.Index("ix_compliance_alerts_created_at", compliance_alerts.c.created_at)

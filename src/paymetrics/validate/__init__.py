@@ -1,11 +1,16 @@
 """Validation rules by name, and the stage that applies them to a batch.
 
-`RULES` maps each built-in rule's name to its class; `resolve_rule` turns a
-name (or an instance) into a rule and lists the valid names when it cannot.
+`RULES` maps each rule's name to its class: the built-ins and every rule registered
+under the entry-point group `paymetrics.validators` (see docs/plugins.md; a broken or
+conflicting plugin raises `paymetrics.plugins.PluginError` on import, naming it).
+`resolve_rule` turns a name (or an instance) into a rule and lists the valid names
+when it cannot. `DEFAULT_RULES` are the built-ins only: a plugin rule runs when the
+configuration names it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -14,6 +19,8 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from paymetrics.decode import Rejects
+from paymetrics.events import Reason
+from paymetrics.plugins import load_plugins, unknown_name
 from paymetrics.validate.base import Rule
 from paymetrics.validate.iso import CountryRule, CurrencyRule
 from paymetrics.validate.text import NoNulCharacterRule
@@ -21,20 +28,37 @@ from paymetrics.validate.timestamps import OccurredAtRangeRule
 
 __all__ = ["DEFAULT_RULES", "RULES", "Rule", "resolve_rule", "resolve_rules", "validate"]
 
-RULES: dict[str, type[Rule]] = {
-    rule.name: rule for rule in (CurrencyRule, CountryRule, OccurredAtRangeRule, NoNulCharacterRule)
-}
-DEFAULT_RULES: tuple[str, ...] = tuple(RULES)
+ENTRY_POINT_GROUP = "paymetrics.validators"
+BUILTIN_RULES: tuple[type[Rule], ...] = (
+    CurrencyRule,
+    CountryRule,
+    OccurredAtRangeRule,
+    NoNulCharacterRule,
+)
+_REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _check_rule(rule: type[Rule]) -> str | None:
+    reason = getattr(rule, "reason", None)
+    if isinstance(reason, Reason) or (
+        isinstance(reason, str) and _REASON_CODE.fullmatch(reason) is not None
+    ):
+        return None
+    return f"reason {reason!r} is neither a paymetrics Reason nor a lower_snake code (<= 64)"
+
+
+RULES: dict[str, type[Rule]] = load_plugins(
+    ENTRY_POINT_GROUP, Rule, BUILTIN_RULES, check=_check_rule
+)
+DEFAULT_RULES: tuple[str, ...] = tuple(r.name for r in BUILTIN_RULES)
 
 
 def resolve_rule(rule: str | Rule, params: dict[str, Any] | None = None) -> Rule:
     if isinstance(rule, Rule):
         return rule
-    try:
-        return RULES[rule](params)
-    except KeyError:
-        valid = ", ".join(sorted(RULES))
-        raise ValueError(f"unknown validation rule {rule!r}; valid rules: {valid}") from None
+    if rule not in RULES:
+        raise unknown_name("validation rule", "rules", rule, RULES)
+    return RULES[rule](params)
 
 
 def resolve_rules(rules: Iterable[str | Rule]) -> list[Rule]:

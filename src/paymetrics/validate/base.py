@@ -30,12 +30,15 @@ class NoParams(BaseModel):
 class Rule(abc.ABC):
     """Implementers set `name`, `reason` and write `invalid` and `describe`.
 
+    `reason` is the dead-letter reason code: a built-in `Reason`, or (for a plugin)
+    its own lower_snake code of at most 64 characters, stored as given.
+
     A rule with parameters sets `Params` to its own pydantic model; the
     configuration validates `validation.rules.<name>.params` against it.
     """
 
     name: ClassVar[str]
-    reason: ClassVar[Reason]
+    reason: ClassVar[Reason | str]
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None) -> None:

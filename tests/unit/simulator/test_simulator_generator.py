@@ -502,11 +502,19 @@ def test_latency_degradation_slows_one_network_fivefold() -> None:
 
 def test_baseline_injects_nothing_and_the_registry_rejects_unknown_names() -> None:
     assert scenario_info(SimulatorConfig()) == {"scenario": "baseline"}
-    assert set(SCENARIOS) == {"baseline", "decline_spike", "latency_degradation"}
+    assert set(SCENARIOS) == {
+        "baseline",
+        "decline_spike",
+        "latency_degradation",
+        "large_transaction",
+        "daily_aggregate",
+        "structuring",
+        "velocity",
+    }
     assert resolve_scenario("decline_spike") is SCENARIOS["decline_spike"]
     with pytest.raises(
         ValueError,
-        match=r"^unknown scenario 'x'; valid: baseline, decline_spike, latency_degradation$",
+        match=r"^unknown scenario 'x'; valid: baseline, decline_spike, latency_degradation, ",
     ):
         resolve_scenario("x")
     with pytest.raises(ValueError, match="unknown scenario 'nope'"):
