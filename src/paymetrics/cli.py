@@ -833,6 +833,10 @@ def query_alerts(
             t.c.config_version,
         )
         if rule is not None:
+            from paymetrics.compliance import RULES
+
+            if rule not in RULES:
+                raise Fatal(f"--rule: unknown rule {rule!r}; valid rules: {', '.join(RULES)}")
             stmt = stmt.where(t.c.rule == rule)
         if (lo := parse_instant(since, "--since")) is not None:
             stmt = stmt.where(t.c.created_at >= lo)
