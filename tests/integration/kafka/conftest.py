@@ -244,29 +244,35 @@ class KafkaBroker:
         self, name: str | None = None, partitions: int = 1, config: dict[str, str] | None = None
     ) -> str:
         """Create `name` (default: a unique name) and wait until metadata shows it."""
-        from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
-
-        topic = name or f"t-{uuid.uuid4().hex[:12]}"
-        admin = self.admin()
-        futures = admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})],
-            operation_timeout=10,
-            request_timeout=15,
-        )
-        futures[topic].result(timeout=15)
-        deadline = time.monotonic() + 10
-        while True:
-            shown = admin.list_topics(topic, timeout=5).topics.get(topic)
-            if shown is not None and shown.error is None and len(shown.partitions) == partitions:
-                return topic
-            if time.monotonic() > deadline:
-                raise AssertionError(f"topic {topic} not in metadata with {partitions} partitions")
-            time.sleep(0.05)
+        return create_topic(self.admin(), name, partitions, config)
 
     @staticmethod
     def free_port() -> int:
         """A port on 127.0.0.1 where nothing listens (right now)."""
         return free_port()
+
+
+def create_topic(
+    admin: Any, name: str | None = None, partitions: int = 1, config: dict[str, str] | None = None
+) -> str:
+    """Create `name` (default: a unique name) with `admin` and wait until metadata shows it."""
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+    topic = name or f"t-{uuid.uuid4().hex[:12]}"
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})],
+        operation_timeout=10,
+        request_timeout=15,
+    )
+    futures[topic].result(timeout=15)
+    deadline = time.monotonic() + 10
+    while True:
+        shown = admin.list_topics(topic, timeout=5).topics.get(topic)
+        if shown is not None and shown.error is None and len(shown.partitions) == partitions:
+            return topic
+        if time.monotonic() > deadline:
+            raise AssertionError(f"topic {topic} not in metadata with {partitions} partitions")
+        time.sleep(0.05)
 
 
 def _metadata_ok(port: int) -> str | None:

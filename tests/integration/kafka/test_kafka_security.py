@@ -33,7 +33,13 @@ from typing import Any
 import pytest
 import yaml
 from tests.conftest import CliResult, cli_command, cli_env, dump_table, query_rows, run_cli
-from tests.integration.kafka.conftest import _broker_env, _stop, _unavailable, tansu_or_skip
+from tests.integration.kafka.conftest import (
+    _broker_env,
+    _stop,
+    _unavailable,
+    create_topic,
+    tansu_or_skip,
+)
 from tests.integration.kafka.secure_broker import SaslGateway, make_certificate
 from tests.integration.kafka.test_kafka_source import FAST, SAME
 from tests.services import free_port
@@ -83,24 +89,9 @@ class SecureBroker:
         return {"bootstrap.servers": self.bootstrap_servers, **self.options(), **extra}
 
     def create_topic(self, partitions: int) -> str:
-        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+        from confluent_kafka.admin import AdminClient
 
-        topic = f"t-{uuid.uuid4().hex[:12]}"
-        admin = AdminClient(self.config())
-        futures = admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=1)],
-            operation_timeout=10,
-            request_timeout=15,
-        )
-        futures[topic].result(timeout=15)
-        deadline = time.monotonic() + 10
-        while True:
-            shown = admin.list_topics(topic, timeout=5).topics.get(topic)
-            if shown is not None and shown.error is None and len(shown.partitions) == partitions:
-                return topic
-            if time.monotonic() > deadline:
-                raise AssertionError(f"topic {topic} not in metadata with {partitions} partitions")
-            time.sleep(0.05)
+        return create_topic(AdminClient(self.config()), partitions=partitions)
 
     def publish(self, topic: str, lines: list[bytes]) -> None:
         """Keyed by merchant, as test_kafka_source.publish, over SASL_SSL."""
