@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -25,7 +26,218 @@ from rich.table import Table
 
 from paymetrics.simulator import SimulatorConfig, write_jsonl
 
-__all__ = ["print_bench", "realistic_config", "run_bench"]
+__all__ = [
+    "RULES_20",
+    "WORKLOADS",
+    "compare_workloads",
+    "print_bench",
+    "print_comparison",
+    "realistic_config",
+    "run_bench",
+    "workload_config",
+]
+
+
+WORKLOADS = ("none", "rules")
+"""What the measured run computes besides the fixed metrics: `none` (embedded defaults)
+or `rules` (RULES_20 dynamic metrics, all compliance rules, FX rates for every currency
+the simulator produces: the issue-6 bar's workload)."""
+
+RULES_20: list[dict[str, Any]] = [
+    # approval and decline mix
+    dict(
+        name="approval_rate_by_network_5m",
+        aggregate="ratio",
+        window="5m",
+        filter="event_type = 'authorization'",
+        numerator="status = 'approved'",
+        group_by=["card_network"],
+    ),
+    dict(
+        name="approval_rate_by_merchant_1h",
+        aggregate="ratio",
+        window="1h",
+        filter="event_type = 'authorization'",
+        numerator="status = 'approved'",
+        group_by=["merchant_id"],
+    ),
+    dict(
+        name="fraud_decline_rate_by_network_15m",
+        aggregate="ratio",
+        window="15m",
+        filter="event_type = 'authorization'",
+        numerator="status = 'declined' "
+        "AND decline_code IN ('suspected_fraud', 'stolen_card', 'lost_card')",
+        group_by=["card_network"],
+    ),
+    dict(
+        name="declines_by_code_5m",
+        aggregate="count",
+        window="5m",
+        filter="event_type = 'authorization' AND status = 'declined'",
+        group_by=["decline_code"],
+    ),
+    dict(
+        name="insufficient_funds_by_country_1h",
+        aggregate="count",
+        window="1h",
+        filter="decline_code = 'insufficient_funds'",
+        group_by=["country"],
+    ),
+    dict(
+        name="errors_by_channel_1m",
+        aggregate="count",
+        window="1m",
+        filter="status = 'error'",
+        group_by=["channel"],
+    ),
+    # volumes
+    dict(
+        name="high_value_approved_5m",
+        aggregate="count",
+        window="5m",
+        filter="event_type = 'authorization' AND status = 'approved' AND amount_minor >= 100000",
+        group_by=["merchant_id"],
+    ),
+    dict(
+        name="approved_volume_by_currency_1h",
+        aggregate="sum",
+        window="1h",
+        filter="event_type = 'authorization' AND status = 'approved'",
+        value="amount_minor",
+        group_by=["currency"],
+    ),
+    dict(
+        name="captured_volume_by_merchant_1d",
+        aggregate="sum",
+        window="1d",
+        filter="event_type = 'capture'",
+        value="amount_minor",
+        group_by=["merchant_id", "currency"],
+    ),
+    dict(
+        name="refund_volume_by_country_1d",
+        aggregate="sum",
+        window="1d",
+        filter="event_type = 'refund'",
+        value="amount_minor",
+        group_by=["country", "currency"],
+    ),
+    dict(
+        name="refund_ratio_by_country_1d",
+        aggregate="ratio",
+        window="1d",
+        filter="event_type IN ('capture', 'refund')",
+        numerator="event_type = 'refund'",
+        group_by=["country"],
+    ),
+    dict(
+        name="chargebacks_by_merchant_1d",
+        aggregate="count",
+        window="1d",
+        filter="event_type = 'chargeback'",
+        group_by=["merchant_id"],
+    ),
+    dict(
+        name="avg_ticket_by_method_15m",
+        aggregate="avg",
+        window="15m",
+        filter="event_type = 'authorization' AND status = 'approved'",
+        value="amount_minor",
+        group_by=["payment_method", "currency"],
+    ),
+    dict(
+        name="max_ticket_by_merchant_1h",
+        aggregate="max",
+        window="1h",
+        filter="event_type = 'authorization'",
+        value="amount_minor",
+        group_by=["merchant_id", "currency"],
+    ),
+    dict(
+        name="min_ticket_by_currency_1h",
+        aggregate="min",
+        window="1h",
+        filter="event_type = 'authorization' AND amount_minor > 0",
+        value="amount_minor",
+        group_by=["currency"],
+    ),
+    # latency
+    dict(
+        name="avg_latency_by_network_1m",
+        aggregate="avg",
+        window="1m",
+        filter="event_type = 'authorization' AND latency_ms IS NOT NULL",
+        value="latency_ms",
+        group_by=["card_network"],
+    ),
+    dict(
+        name="max_latency_by_merchant_5m",
+        aggregate="max",
+        window="5m",
+        filter="latency_ms IS NOT NULL",
+        value="latency_ms",
+        group_by=["merchant_id"],
+    ),
+    dict(
+        name="slow_auth_ratio_by_channel_5m",
+        aggregate="ratio",
+        window="5m",
+        filter="event_type = 'authorization' AND latency_ms IS NOT NULL",
+        numerator="latency_ms > 1000",
+        group_by=["channel"],
+    ),
+    # channel mix and exposure
+    dict(
+        name="ecommerce_share_by_country_1h",
+        aggregate="ratio",
+        window="1h",
+        filter="event_type = 'authorization'",
+        numerator="channel = 'ecommerce'",
+        group_by=["country"],
+    ),
+    dict(
+        name="events_by_type_channel_1m",
+        aggregate="count",
+        window="1m",
+        group_by=["event_type", "channel"],
+    ),
+]
+
+"""Twenty metric rules a payments team would configure: approval and decline mix,
+volumes, refund and chargeback ratios, ticket sizes, latency, channel mix."""
+
+# Units of USD per one major unit, for the simulator's currencies (approximate, fixed).
+_FX_RATES = {
+    "EUR": "1.08",
+    "GBP": "1.27",
+    "JPY": "0.0067",
+    "KRW": "0.00075",
+    "BRL": "0.20",
+    "MXN": "0.059",
+    "INR": "0.012",
+    "AUD": "0.66",
+    "CAD": "0.74",
+    "SGD": "0.75",
+    "SEK": "0.095",
+    "CHF": "1.14",
+    "AED": "0.27",
+    "NPR": "0.0075",
+    "KWD": "3.25",
+}
+
+
+def workload_config(workload: str) -> dict[str, Any] | None:
+    """The configuration of a workload (None: embedded defaults, no file)."""
+    if workload == "none":
+        return None
+    if workload == "rules":
+        return {
+            "metrics": RULES_20,
+            "compliance": {"enabled": True},
+            "fx": {"reporting_currency": "USD", "rates": _FX_RATES},
+        }
+    raise ValueError(f"unknown workload {workload!r}; valid workloads: {', '.join(WORKLOADS)}")
 
 
 def realistic_config(*, events: int, seed: int, scenario: str = "baseline") -> SimulatorConfig:
@@ -97,16 +309,66 @@ def run_bench(
     cores: int = 1,
     seed: int = 7,
     db: str | None = None,
+    workload: str = "none",
 ) -> dict[str, Any]:
     """Measure one `paymetrics run` of a generated file; `db` defaults to a SQLite file."""
     work_dir.mkdir(parents=True, exist_ok=True)
     source = _input_file(work_dir, events, seed)
     archive = work_dir / "raw"
     shutil.rmtree(archive, ignore_errors=True)
+    config = workload_config(workload)
+    config_file = None
+    if config is not None:
+        config_file = work_dir / f"workload-{workload}.json"
+        config_file.write_text(json.dumps(config, indent=1))
     with _fresh_database(work_dir, db) as url:
-        result = _measure(source, url, archive, batch_max_events, cores)
+        result = _measure(source, url, archive, batch_max_events, cores, config_file)
     result["database"] = "sqlite" if url.startswith("sqlite") else sa_backend(url)
+    result["workload"] = workload
     return result
+
+
+def compare_workloads(*, repeat: int = 3, **options: Any) -> dict[str, Any]:
+    """Measure `none` and `rules` alternately `repeat` times each (so a noisy machine
+    slows both alike); the cost is 1 - median(rules) / median(none) of events/s."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in WORKLOADS}
+    for _ in range(repeat):
+        for name in WORKLOADS:
+            runs[name].append(run_bench(workload=name, **options))
+    medians = {
+        name: statistics.median(r["events_per_second"] for r in results)
+        for name, results in runs.items()
+    }
+    return {
+        "repeat": repeat,
+        "events_per_second": medians,
+        "all_events_per_second": {
+            name: [r["events_per_second"] for r in results] for name, results in runs.items()
+        },
+        "cost": 1 - medians["rules"] / medians["none"],
+        "rules": len(RULES_20),
+        "runs": runs,
+    }
+
+
+def print_comparison(result: dict[str, Any], console: Console) -> None:
+    table = Table(title="paymetrics bench --compare", title_justify="left")
+    table.add_column("workload")
+    table.add_column("median events/s", justify="right")
+    table.add_column("runs (events/s)", justify="right")
+    for name, rate in result["events_per_second"].items():
+        runs = ", ".join(f"{r:,.0f}" for r in result["all_events_per_second"][name])
+        table.add_row(name, f"{rate:,.0f}", runs)
+    console.print(table)
+    first = result["runs"]["none"][0]
+    console.print(
+        f"cost of {result['rules']} metric rules + all compliance rules: "
+        f"[bold]{result['cost']:.1%}[/bold] of end-to-end throughput "
+        f"(bar: at most 35%)\n"
+        f"{first['events']:,} events, {first['cores']} core(s), batches of "
+        f"{first['batch_max_events']:,}, database {first['database']}; "
+        f"machine: {first['machine']['cpu']}"
+    )
 
 
 def sa_backend(url: str) -> str:
@@ -116,7 +378,12 @@ def sa_backend(url: str) -> str:
 
 
 def _measure(
-    source: Path, db: str, archive: Path, batch_max_events: int, cores: int
+    source: Path,
+    db: str,
+    archive: Path,
+    batch_max_events: int,
+    cores: int,
+    config_file: Path | None = None,
 ) -> dict[str, Any]:
     allowed = sorted(os.sched_getaffinity(0))[:cores]
     command = [
@@ -134,8 +401,9 @@ def _measure(
         str(batch_max_events),
         "--json",
         "--quiet",
+        *(["--config", str(config_file)] if config_file is not None else []),
     ]
-    # Embedded defaults only: no configuration file, App Configuration or PAYMETRICS__ overrides.
+    # The workload's file or embedded defaults: no App Configuration or PAYMETRICS__ overrides.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYMETRICS")}
     env.update(OMP_NUM_THREADS=str(cores), ARROW_NUM_THREADS=str(cores))
     started = time.perf_counter()

@@ -931,6 +931,118 @@ def retention_apply(
     _emit(report.rows(), fmt, title)
 
 
+# -- replay ----------------------------------------------------------------------
+
+
+@app.command()
+def replay(
+    from_: Annotated[
+        str, typer.Option("--from", metavar="ISO8601", help="start of the range (inclusive)")
+    ],
+    to: Annotated[
+        str, typer.Option("--to", metavar="ISO8601", help="end of the range (exclusive)")
+    ],
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metric",
+            metavar="NAME",
+            help="a metric rule to recompute (repeatable). Default: every rule in metrics",
+            show_default=False,
+        ),
+    ] = None,
+    alerts: Annotated[
+        bool | None,
+        typer.Option(
+            "--alerts/--no-alerts",
+            help="also judge the replayed events with the compliance rules, adding alerts "
+            "never raised before. Default: on when compliance is enabled and no --metric",
+            show_default=False,
+        ),
+    ] = None,
+    open_windows: Annotated[
+        bool,
+        typer.Option(
+            "--open-windows",
+            help="replay windows that may still receive events (stop the workers first)",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="compute and report, change nothing")
+    ] = False,
+    config: ConfigOption = None,
+    db: DbOption = None,
+    archive: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="the raw archive (overrides storage.archive_url)",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: Annotated[Format, typer.Option("--format")] = Format.table,
+) -> None:
+    """Recompute metric rules (and compliance alerts) for a time range from the raw
+    archive, replacing the metrics' rows in the range: after a rule change, or to
+    backfill a new rule."""
+    from paymetrics.config import ConfigManager, setup_logging
+    from paymetrics.replay import ReplayError, run_replay
+    from paymetrics.storage import open_store
+    from paymetrics.storage.sql import SqlStore
+
+    start = parse_instant(from_, "--from")
+    end = parse_instant(to, "--to")
+    assert start is not None
+    assert end is not None
+    flags: dict[tuple[str | int, ...], Any] = {}
+    if db is not None:
+        flags[("storage", "db_url")] = db
+    if archive is not None:
+        flags[("storage", "archive_url")] = archive
+    with fatal_errors():
+        manager = ConfigManager(config_file=config, flags=flags)
+        setup_logging(manager.settings.logging, console)
+        settings = manager.settings
+        if not settings.storage.archive_url:
+            raise Fatal(
+                "replay reads the raw archive: give --archive URL or set storage.archive_url"
+            )
+        store = open_store(settings.storage.db_url.get_secret_value())
+        try:
+            store.prepare()
+            options = manager.attach(store, reason="replay")
+            assert isinstance(store, SqlStore)
+            judge = (options.compliance is not None and not metric) if alerts is None else alerts
+            try:
+                report = run_replay(
+                    store,
+                    options,
+                    archive_url=settings.storage.archive_url,
+                    storage_options=settings.storage.archive_storage_options(),
+                    start=start,
+                    end=end,
+                    metrics=metric or (),
+                    alerts=judge,
+                    open_windows=open_windows,
+                    dry_run=dry_run,
+                )
+            except ReplayError as error:
+                raise Fatal(str(error)) from None
+        finally:
+            manager.close()
+            store.close()
+    summary = report.as_dict()
+    if fmt is Format.json:
+        out.print_json(json.dumps(summary))
+        return
+    ranges = summary.pop("ranges")
+    rows = [{"key": k, "value": "-" if v is None else str(v)} for k, v in summary.items()]
+    rows += [
+        {"key": f"range of {name}", "value": f"{lo} .. {hi}"} for name, (lo, hi) in ranges.items()
+    ]
+    _emit(rows, fmt, "replay (dry run: nothing changed)" if dry_run else "replay")
+
+
 # -- demo and bench --------------------------------------------------------------
 
 
@@ -965,25 +1077,44 @@ def bench(
             show_default=False,
         ),
     ] = None,
+    workload: Annotated[
+        str,
+        typer.Option(
+            help="none: embedded defaults; rules: 20 metric rules and all compliance rules"
+        ),
+    ] = "none",
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="measure workloads none and rules alternately and print the rules' cost",
+        ),
+    ] = False,
+    repeat: Annotated[int, typer.Option(min=1, help="runs per workload with --compare")] = 3,
     fmt: Annotated[Format, typer.Option("--format")] = Format.table,
 ) -> None:
     """Measure end-to-end and per-stage throughput and peak RSS on a generated file."""
-    from paymetrics.bench import run_bench
+    from paymetrics import bench as benchmark
 
-    with fatal_errors():
-        result = run_bench(
-            events=events,
-            work_dir=work_dir,
-            batch_max_events=batch_max_events,
-            cores=cores,
-            db=db,
+    if workload not in benchmark.WORKLOADS:
+        raise typer.BadParameter(
+            f"unknown workload {workload!r}; valid workloads: {', '.join(benchmark.WORKLOADS)}",
+            param_hint="--workload",
         )
+    options: dict[str, Any] = dict(
+        events=events, work_dir=work_dir, batch_max_events=batch_max_events, cores=cores, db=db
+    )
+    with fatal_errors():
+        if compare:
+            result = benchmark.compare_workloads(repeat=repeat, **options)
+        else:
+            result = benchmark.run_bench(workload=workload, **options)
     if fmt is Format.json:
         out.print_json(json.dumps(result))
+    elif compare:
+        benchmark.print_comparison(result, out)
     else:
-        from paymetrics.bench import print_bench
-
-        print_bench(result, out)
+        benchmark.print_bench(result, out)
 
 
 @app.callback(invoke_without_command=True)

@@ -52,7 +52,14 @@ from paymetrics.validate import DEFAULT_RULES, Rule, resolve_rules, validate
 if TYPE_CHECKING:
     from paymetrics.compliance import Compliance
 
-__all__ = ["BatchReport", "Pipeline", "PipelineOptions", "RunStats"]
+__all__ = [
+    "BatchReport",
+    "Pipeline",
+    "PipelineOptions",
+    "RunStats",
+    "first_occurrences",
+    "tag_rule_partials",
+]
 
 log = logging.getLogger("paymetrics.pipeline")
 
@@ -161,7 +168,7 @@ def dead_letter_payload(message: bytes) -> str:
     return message.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
 
 
-def _first_occurrences(ids: pa.ChunkedArray) -> npt.NDArray[np.bool_]:
+def first_occurrences(ids: pa.ChunkedArray) -> npt.NDArray[np.bool_]:
     """True at the first row of each event_id (in batch order)."""
     n = len(ids)
     if pc.count_distinct(ids).as_py() == n:
@@ -449,7 +456,7 @@ class Pipeline:
                 self._should_stop,
             )
         clock.lap("archive")
-        unique = table.filter(pa.array(_first_occurrences(table["event_id"])))
+        unique = table.filter(pa.array(first_occurrences(table["event_id"])))
         order = sorted(range(len(rejects)), key=rejects.index.__getitem__)
         dead = DeadLetters(
             positions=[batch.positions[rejects.index[k]] for k in order],
@@ -611,9 +618,9 @@ def _lateness(
     return table.filter(pa.array(~late)), watermark
 
 
-def _dynamic_partials(stored: pa.Table, options: PipelineOptions) -> pa.Table:
-    """Config-defined metric partials of the new events, tagged with each rule's version."""
-    partials = aggregate_rules(stored, options.metric_rules)
+def tag_rule_partials(partials: pa.Table, options: PipelineOptions) -> pa.Table:
+    """Add each config rule's `aggregate` and `config_version` (the rule's version) to its
+    partials (PARTIAL_SCHEMA rows): what `dynamic_metrics` stores besides the partials."""
     names = partials["metric_name"]
     aggregates = {r.name: r.aggregate for r in options.metric_rules}
     keys = pa.array(list(aggregates), pa.string())
@@ -622,7 +629,12 @@ def _dynamic_partials(stored: pa.Table, options: PipelineOptions) -> pa.Table:
     partials = partials.append_column(
         "aggregate", pa.array(list(aggregates.values()), pa.string()).take(at)
     )
-    partials = partials.append_column("config_version", versions.take(at))
+    return partials.append_column("config_version", versions.take(at))
+
+
+def _dynamic_partials(stored: pa.Table, options: PipelineOptions) -> pa.Table:
+    """Config-defined metric partials of the new events, tagged with each rule's version."""
+    partials = tag_rule_partials(aggregate_rules(stored, options.metric_rules), options)
     if not options.extractors:
         return partials
     extracted = extract_all(stored, options.extractors)

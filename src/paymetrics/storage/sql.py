@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from paymetrics.metrics.dynamic import metric_values
 from paymetrics.metrics.payment_5m import KEY_COLUMNS, Partials
 from paymetrics.metrics.sketch import grouped_quantiles
 from paymetrics.metrics.windows import from_epoch_us, to_epoch_us
@@ -173,42 +174,30 @@ class SqlTransaction(Transaction, abc.ABC):
         if not partials.num_rows:
             return
         t = dynamic_metrics
-        insert = _insert(self.conn, t)
-        new = insert.excluded
-        total = {c: t.c[c] + new[c] for c in ("count", "value_count")}
-        numerator = sa.func.coalesce(t.c.numerator, 0) + sa.func.coalesce(new.numerator, 0)
-        summed = sa.case(
-            (t.c.sum.is_(None), new.sum),
-            (new.sum.is_(None), t.c.sum),
-            else_=t.c.sum + new.sum,
-        )
-        lowest = sa.case(
-            (t.c.min.is_(None), new.min),
-            (new.min.is_(None), t.c.min),
-            (new.min < t.c.min, new.min),
-            else_=t.c.min,
-        )
-        highest = sa.case(
-            (t.c.max.is_(None), new.max),
-            (new.max.is_(None), t.c.max),
-            (new.max > t.c.max, new.max),
-            else_=t.c.max,
-        )
-        stmt = insert.on_conflict_do_update(
-            index_elements=[c.name for c in t.primary_key.columns],
-            set_={
-                **total,
-                "sum": summed,
-                "min": lowest,
-                "max": highest,
-                "numerator": sa.case((t.c.aggregate == "ratio", numerator), else_=None),
-                "value": _metric_value(t.c.aggregate, total, summed, lowest, highest, numerator),
-            },
-        )
-        rows = partials.select([c.name for c in t.columns if c.name != "value"]).to_pylist()
-        for row in rows:
-            row["value"] = _initial_value(row)
-        self.conn.execute(stmt, rows)
+        columns = [c.name for c in t.columns if c.name != "value"]
+        rows = partials.select(columns).append_column("value", _initial_values(partials))
+        self._upsert_dynamic_rows(_dynamic_upsert(self.conn), rows)
+
+    def replace_dynamic_metrics(
+        self, ranges: Sequence[tuple[str, dt.datetime, dt.datetime]], partials: pa.Table
+    ) -> int:
+        """Delete every row (any config version, any window) of each metric whose window
+        starts in its [start, end), then store `partials`; returns the rows deleted."""
+        t = dynamic_metrics
+        deleted = 0
+        for name, start, end in ranges:
+            result = self.conn.execute(
+                sa.delete(t).where(
+                    t.c.metric_name == name, t.c.window_start >= start, t.c.window_start < end
+                )
+            )
+            deleted += result.rowcount
+        self.apply_dynamic_metrics(partials)
+        return deleted
+
+    def _upsert_dynamic_rows(self, stmt: Any, rows: pa.Table) -> None:
+        """Run the upsert for each row (the stores override this with their bulk path)."""
+        self.conn.execute(stmt, rows.to_pylist())
 
     # -- compliance --------------------------------------------------------------
 
@@ -422,6 +411,44 @@ class SqlTransaction(Transaction, abc.ABC):
             )
 
 
+def _dynamic_upsert(conn: sa.Connection) -> Any:
+    """INSERT ... ON CONFLICT DO UPDATE of `dynamic_metrics`: partials add (min/max keep
+    the extreme, NULL meaning none), and `value` is recomputed from the merged partials."""
+    t = dynamic_metrics
+    insert = _insert(conn, t)
+    new = insert.excluded
+    total = {c: t.c[c] + new[c] for c in ("count", "value_count")}
+    numerator = sa.func.coalesce(t.c.numerator, 0) + sa.func.coalesce(new.numerator, 0)
+    summed = sa.case(
+        (t.c.sum.is_(None), new.sum),
+        (new.sum.is_(None), t.c.sum),
+        else_=t.c.sum + new.sum,
+    )
+    lowest = sa.case(
+        (t.c.min.is_(None), new.min),
+        (new.min.is_(None), t.c.min),
+        (new.min < t.c.min, new.min),
+        else_=t.c.min,
+    )
+    highest = sa.case(
+        (t.c.max.is_(None), new.max),
+        (new.max.is_(None), t.c.max),
+        (new.max > t.c.max, new.max),
+        else_=t.c.max,
+    )
+    return insert.on_conflict_do_update(
+        index_elements=[c.name for c in t.primary_key.columns],
+        set_={
+            **total,
+            "sum": summed,
+            "min": lowest,
+            "max": highest,
+            "numerator": sa.case((t.c.aggregate == "ratio", numerator), else_=None),
+            "value": _metric_value(t.c.aggregate, total, summed, lowest, highest, numerator),
+        },
+    )
+
+
 def _metric_value(
     aggregate: Any, total: dict[str, Any], summed: Any, lowest: Any, highest: Any, numerator: Any
 ) -> Any:
@@ -437,17 +464,13 @@ def _metric_value(
     )
 
 
-def _initial_value(row: dict[str, Any]) -> float | None:
-    """A new row's value from its own partials (one call per group row, not per event)."""
-    aggregate = row["aggregate"]
-    if aggregate == "count":
-        return float(row["count"])
-    if aggregate == "avg":
-        return None if not row["value_count"] else row["sum"] / row["value_count"]
-    if aggregate == "ratio":
-        return None if not row["count"] else (row["numerator"] or 0) / row["count"]
-    value = row[aggregate]  # sum, min, max
-    return None if value is None else float(value)
+def _initial_values(partials: pa.Table) -> pa.Array:
+    """New rows' values from their own partials, per aggregate, vectorized."""
+    aggregate = partials["aggregate"]
+    values = pa.nulls(partials.num_rows, pa.float64())
+    for name in pc.unique(aggregate).to_pylist():
+        values = pc.if_else(pc.equal(aggregate, name), metric_values(name, partials), values)
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 class SqlStore(Store):
@@ -485,6 +508,17 @@ class SqlStore(Store):
     def transaction(self) -> Iterator[Transaction]:
         with self.engine.begin() as conn:
             yield self.transaction_class(conn, self.clock)
+
+    def newest_watermark(self) -> dt.datetime | None:
+        """The newest event-time watermark of any source partition (None: nothing stored)."""
+        c = source_checkpoints
+        with self.engine.connect() as conn:
+            newest: dt.datetime | None = conn.execute(
+                sa.select(sa.func.max(c.c.watermark))
+            ).scalar()
+        if newest is not None and newest.tzinfo is None:  # SQLite's max() returns the text
+            newest = newest.replace(tzinfo=dt.UTC)
+        return newest
 
     def committed_batch(
         self, source_id: str, partition: str, first: int, last: int

@@ -68,11 +68,13 @@ _UPDATE_PERCENTILES = (
 
 
 _COUNTER_KEY = ("rule", "subject_type", "subject_id", "period_start", "period_seconds")
-_UPSERT_COUNTERS = (
+_UPSERT_COUNTER_DELTAS = (
     f"INSERT INTO compliance_counters ({', '.join(_COUNTER_KEY)}, count, amount_minor_reporting) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) "
+    f"SELECT {', '.join(_COUNTER_KEY)}, count, amount_minor_reporting FROM counter_deltas "
+    "WHERE true "  # SQLite needs a WHERE for ON CONFLICT after SELECT
     f"ON CONFLICT ({', '.join(_COUNTER_KEY)}) DO UPDATE SET count = count + excluded.count, "
-    "amount_minor_reporting = amount_minor_reporting + excluded.amount_minor_reporting"
+    "amount_minor_reporting = amount_minor_reporting + excluded.amount_minor_reporting "
+    "RETURNING subject_id, period_start, count, amount_minor_reporting"
 )
 
 
@@ -197,47 +199,51 @@ class SQLiteTransaction(SqlTransaction):
         columns += [_pylist(keys[name]) for name in KEY_COLUMNS]
         self.conn.exec_driver_sql(_UPDATE_PERCENTILES, list(zip(*columns, strict=True)))
 
+    def _upsert_dynamic_rows(self, stmt: Any, rows: pa.Table) -> None:
+        """The shared upsert, compiled once per batch and run by the driver with tuples
+        built from Arrow columns (constants of the statement repeated)."""
+        compiled = stmt.compile(dialect=self.conn.dialect)
+        constants = {name: bind.value for name, bind in compiled.binds.items()}
+        n = rows.num_rows
+        columns = [
+            _pylist(rows[name]) if name in rows.column_names else [constants[name]] * n
+            for name in compiled.positiontup or ()
+        ]
+        self.conn.exec_driver_sql(compiled.string, list(zip(*columns, strict=True)))
+
     # -- compliance: the bulk paths, as for the metrics ------------------------------
 
     def add_compliance_counters(self, rows: pa.Table) -> pa.Table:
-        """Upsert with one executemany, then read the totals back by a join on a temporary
-        table of the touched keys (row numbers, not keys, come back: no parsing)."""
-        n = rows.num_rows
+        """The rows go to a temporary table with one plain executemany; a single
+        INSERT ... SELECT upserts them all and RETURNING gives the totals (SQLite runs the
+        upsert per row in C, not Python)."""
         columns = [
             _pylist(rows[name]) for name in (*_COUNTER_KEY, "count", "amount_minor_reporting")
         ]
-        keys = list(zip(*columns[:5], strict=True))
-        self.conn.exec_driver_sql(_UPSERT_COUNTERS, list(zip(*columns, strict=True)))
         self.conn.exec_driver_sql(
-            "CREATE TEMP TABLE IF NOT EXISTS touched_counters (k INTEGER PRIMARY KEY, "
-            "rule VARCHAR, subject_type VARCHAR, subject_id VARCHAR, period_start DATETIME, "
-            "period_seconds INTEGER)"
+            "CREATE TEMP TABLE IF NOT EXISTS counter_deltas (rule VARCHAR, subject_type VARCHAR, "
+            "subject_id VARCHAR, period_start DATETIME, period_seconds INTEGER, "
+            "count INTEGER, amount_minor_reporting INTEGER)"
         )
-        self.conn.exec_driver_sql("DELETE FROM touched_counters")
+        self.conn.exec_driver_sql("DELETE FROM counter_deltas")
         self.conn.exec_driver_sql(
-            "INSERT INTO touched_counters VALUES (?, ?, ?, ?, ?, ?)",
-            [(k, *key) for k, key in enumerate(keys)],
+            "INSERT INTO counter_deltas VALUES (?, ?, ?, ?, ?, ?, ?)",
+            list(zip(*columns, strict=True)),
         )
         driver = self.conn.connection.driver_connection
         assert driver is not None
-        cursor = driver.cursor()
-        found = cursor.execute(
-            "SELECT t.k, c.count, c.amount_minor_reporting FROM touched_counters t "
-            "CROSS JOIN compliance_counters c ON "
-            + " AND ".join(f"c.{k} = t.{k}" for k in _COUNTER_KEY)
-        ).fetchall()
+        cursor = driver.cursor()  # plain tuples, no Row objects
+        found = cursor.execute(_UPSERT_COUNTER_DELTAS).fetchall()
         cursor.close()
-        totals = np.asarray(found, dtype=np.int64).reshape(-1, 3)
-        count = np.zeros(n, dtype=np.int64)
-        amount = np.zeros(n, dtype=np.int64)
-        count[totals[:, 0]] = totals[:, 1]
-        amount[totals[:, 0]] = totals[:, 2]
+        subject, period, count, amount = zip(*found, strict=True) if found else ((),) * 4
         return pa.table(
             {
-                "subject_id": rows["subject_id"],
-                "period_start": rows["period_start"],
-                "count": pa.array(count),
-                "amount_minor_reporting": pa.array(amount),
+                "subject_id": pa.array(subject, pa.string()),
+                "period_start": pa.array(period, pa.string())
+                .cast(pa.timestamp("us"))  # SQLite's UTC text form
+                .cast(pa.timestamp("us", "UTC")),
+                "count": pa.array(count, pa.int64()),
+                "amount_minor_reporting": pa.array(amount, pa.int64()),
             }
         )
 
