@@ -250,7 +250,10 @@ def execute_run(
             logging.getLogger("paymetrics.progress").info(
                 "Prometheus metrics at http://%s:%d/metrics", monitoring.metrics_host, port
             )
-        with progress, source:
+        from paymetrics.compliance.webhook import delivering_in_background
+
+        webhook = delivering_in_background(settings.compliance, getattr(store, "engine", None))
+        with progress, source, webhook:
             task = progress.add_task("processing", total=expected_total)
 
             def advance(report: BatchReport) -> None:
@@ -806,6 +809,10 @@ def query_dlq(
 def query_alerts(
     rule: Annotated[str | None, typer.Option(help="rule name, e.g. velocity")] = None,
     since: Annotated[str | None, typer.Option(help="created_at >= this")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(help="delivery_status: pending (not yet), delivered, failed, rejected"),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1)] = 1000,
     fmt: Annotated[Format, typer.Option("--format")] = Format.table,
     db: DbOption = None,
@@ -831,7 +838,16 @@ def query_alerts(
             t.c.evidence,
             t.c.created_at,
             t.c.config_version,
+            t.c.delivery_status,
+            t.c.delivery_attempts,
+            t.c.delivered_at,
         )
+        if status is not None:
+            statuses = ("pending", "delivered", "failed", "rejected")
+            if status not in statuses:
+                raise Fatal(f"--status: unknown status {status!r}; valid: {', '.join(statuses)}")
+            pending = sa.or_(t.c.delivery_status.is_(None), t.c.delivery_status == "pending")
+            stmt = stmt.where(pending if status == "pending" else t.c.delivery_status == status)
         if rule is not None:
             from paymetrics.compliance import RULES
 
@@ -884,6 +900,15 @@ def db_current(db: DbOption = None) -> None:
 
 retention_app = typer.Typer(help="Delete data older than its configured age.", no_args_is_help=True)
 app.add_typer(retention_app, name="retention")
+
+
+def _alerts_app() -> typer.Typer:
+    from paymetrics.compliance.cli import alerts_app
+
+    return alerts_app
+
+
+app.add_typer(_alerts_app(), name="alerts")
 
 
 @retention_app.command("apply")

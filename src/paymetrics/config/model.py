@@ -396,6 +396,53 @@ class LatencySloRule(ComplianceRuleSettings):
     """What the SLO is measured per."""
 
 
+class WebhookSettings(Section):
+    """Webhook delivery of compliance alerts, at least once (`paymetrics alerts deliver`)."""
+
+    url: str | None = None
+    """POST each alert as JSON to this http(s) URL; null: no delivery. Credentials go in
+    `bearer_token`, never in the URL (it is shown in errors, without its query)."""
+    timeout_seconds: float = Field(10.0, gt=0, le=600)
+    """How long one POST may take (connect and response) before it counts as failed."""
+    max_attempts: int = Field(10, ge=1, le=10_000)
+    """Attempts per alert over all passes; after that it stays `failed`, not retried."""
+    attempts_per_pass: int = Field(3, ge=1, le=100)
+    """Attempts per alert within one pass, with backoff, before the pass moves on."""
+    backoff_base_seconds: float = Field(0.5, gt=0)
+    """First wait before a retry; doubles per attempt, with full jitter."""
+    backoff_max_seconds: float = Field(30.0, gt=0)
+    """Longest wait between two attempts, also for a receiver's `Retry-After`."""
+    interval_seconds: float = Field(60.0, gt=0)
+    """How often `paymetrics run` delivers new alerts while it runs (it also delivers
+    once at its end)."""
+    bearer_token: SecretStr | None = None
+    """Sent as `Authorization: Bearer <token>`; null: none. A secret: never shown or
+    logged; give it as `env:NAME`, `file:PATH` or a Key Vault reference."""
+    signing_secret: SecretStr | None = None
+    """Key of the `X-Paymetrics-Signature: sha256=<hex HMAC-SHA256 of the body>` header,
+    so the receiver can check who sent it; null: unsigned. A secret."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("not an http(s) URL (e.g. https://hooks.example.com/paymetrics)")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("credentials in the URL; give them as bearer_token instead")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> WebhookSettings:
+        if self.backoff_max_seconds < self.backoff_base_seconds:
+            raise ValueError("backoff_max_seconds: must be at least backoff_base_seconds")
+        return self
+
+
 class ComplianceSettings(Section):
     """Compliance monitoring: rules evaluated in every batch's transaction, writing
     `compliance_alerts` (see docs/compliance.md)."""
@@ -418,6 +465,8 @@ class ComplianceSettings(Section):
     """p95 latency above the SLO."""
     pan_exposure: ComplianceRuleSettings = ComplianceRuleSettings(severity="critical")
     """An event carried a full card number (masked before storage; the alert says where)."""
+    webhook: WebhookSettings = WebhookSettings()
+    """Delivery of the alerts to an HTTP endpoint (off until `url` is set)."""
 
 
 class FxSettings(Section):

@@ -54,7 +54,8 @@ def rules_document(settings: Settings) -> dict[str, Any]:
             for rule in sorted(settings.metrics, key=lambda r: r.name)
             if rule.enabled
         },
-        "compliance": settings.compliance.model_dump(mode="json"),
+        # where alerts are delivered decides no number: not part of the version
+        "compliance": settings.compliance.model_dump(mode="json", exclude={"webhook"}),
         "fx": settings.fx.model_dump(mode="json"),
         # only when used, so documents (and hashes) of configs without extractors stay as they were
         **({"extractors": settings.enabled_extractors()} if settings.enabled_extractors() else {}),

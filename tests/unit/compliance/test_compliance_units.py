@@ -124,7 +124,7 @@ def test_registry_and_settings() -> None:
     ]
     with pytest.raises(ValueError, match="valid rules: large_transaction"):
         resolve_compliance_rule("nope")
-    assert set(ComplianceSettings.model_fields) - {"enabled"} == set(RULES)
+    assert set(ComplianceSettings.model_fields) - {"enabled", "webhook"} == set(RULES)
     assert Compliance.from_settings(ComplianceSettings(), FxSettings()) is None  # off by default
     compliance = Compliance.from_settings(ComplianceSettings(enabled=True), FxSettings())
     assert compliance is not None
