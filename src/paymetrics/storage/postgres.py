@@ -137,6 +137,57 @@ _UPDATE_BUCKETS = (
     f"WHERE {_SKETCH_MATCH} AND h.bucket = k.bucket"
 )
 
+_DYNAMIC_KEY = ("metric_name", "window_seconds", "window_start", "dimensions", "config_version")
+_DYNAMIC_COLUMNS = (
+    *_DYNAMIC_KEY,
+    "aggregate",
+    "value",
+    "count",
+    "value_count",
+    "sum",
+    "min",
+    "max",
+    "numerator",
+)
+_DYNAMIC_TYPES = (
+    TEXT,
+    INT4,
+    TIMESTAMPTZ,
+    TEXT,
+    INT4,
+    TEXT,
+    FLOAT8,
+    INT8,
+    INT8,
+    FLOAT8,
+    FLOAT8,
+    FLOAT8,
+    INT8,
+)
+# The same merge as SqlTransaction's SQLAlchemy upsert (sql._dynamic_upsert): partials add,
+# least/greatest skip NULLs, the value is recomputed from the merged partials.
+_SUM = (
+    "CASE WHEN t.sum IS NULL THEN excluded.sum WHEN excluded.sum IS NULL THEN t.sum "
+    "ELSE t.sum + excluded.sum END"
+)
+_COUNT = "(t.count + excluded.count)"
+_NUMERATOR = "(coalesce(t.numerator, 0) + coalesce(excluded.numerator, 0))"
+_UPSERT_DYNAMIC = (
+    f"INSERT INTO dynamic_metrics AS t ({', '.join(_DYNAMIC_COLUMNS)}) "
+    f"SELECT * FROM unnest({', '.join(['%b'] * len(_DYNAMIC_COLUMNS))}) "
+    f"ON CONFLICT ({', '.join(_DYNAMIC_KEY)}) DO UPDATE SET "
+    f"count = {_COUNT}, value_count = t.value_count + excluded.value_count, sum = {_SUM}, "
+    "min = least(t.min, excluded.min), max = greatest(t.max, excluded.max), "
+    f"numerator = CASE WHEN t.aggregate = 'ratio' THEN {_NUMERATOR} END, "
+    "value = CASE t.aggregate "
+    f"WHEN 'count' THEN {_COUNT}::float8 "
+    f"WHEN 'sum' THEN {_SUM} "
+    f"WHEN 'avg' THEN ({_SUM}) / nullif(t.value_count + excluded.value_count, 0)::float8 "
+    "WHEN 'min' THEN least(t.min, excluded.min) "
+    "WHEN 'max' THEN greatest(t.max, excluded.max) "
+    f"WHEN 'ratio' THEN {_NUMERATOR}::float8 / nullif({_COUNT}, 0)::float8 END"
+)
+
 _COUNTER_KEY = ("rule", "subject_type", "subject_id", "period_start", "period_seconds")
 _COUNTER_TYPES = (TEXT, TEXT, TEXT, TIMESTAMPTZ, INT4, INT8, INT8)
 _UPSERT_COUNTERS = (
@@ -409,6 +460,15 @@ class PostgresTransaction(SqlTransaction):
         raise NotImplementedError("PostgresTransaction.apply_payment_metrics sets percentiles")
 
     # -- the rest, through SQLAlchemy --------------------------------------------
+
+    def _upsert_dynamic_rows(self, stmt: Any, rows: pa.Table) -> None:
+        """One upsert from binary arrays, in key order (one lock order for all writers)."""
+        rows = rows.take(pc.sort_indices(rows, [(k, "ascending") for k in _DYNAMIC_KEY]))
+        params = [
+            array_param(rows[n], t) for n, t in zip(_DYNAMIC_COLUMNS, _DYNAMIC_TYPES, strict=True)
+        ]
+        with _transient_errors("storing dynamic metrics"), self._driver().cursor() as cursor:
+            _query(cursor, _UPSERT_DYNAMIC, params)
 
     def apply_dynamic_metrics(self, partials: pa.Table) -> None:
         with _transient_errors("storing dynamic metrics"):
