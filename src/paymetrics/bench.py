@@ -207,24 +207,12 @@ RULES_20: list[dict[str, Any]] = [
 """Twenty metric rules a payments team would configure: approval and decline mix,
 volumes, refund and chargeback ratios, ticket sizes, latency, channel mix."""
 
-# Units of USD per one major unit, for the simulator's currencies (approximate, fixed).
-_FX_RATES = {
-    "EUR": "1.08",
-    "GBP": "1.27",
-    "JPY": "0.0067",
-    "KRW": "0.00075",
-    "BRL": "0.20",
-    "MXN": "0.059",
-    "INR": "0.012",
-    "AUD": "0.66",
-    "CAD": "0.74",
-    "SGD": "0.75",
-    "SEK": "0.095",
-    "CHF": "1.14",
-    "AED": "0.27",
-    "NPR": "0.0075",
-    "KWD": "3.25",
-}
+def _fx_rates() -> dict[str, str]:
+    """USD per one major unit of each currency the simulator produces (its own rough
+    rates), so every simulated authorization is judged on amount."""
+    from paymetrics.simulator.catalog import REGIONS
+
+    return {r.currency: f"{1 / r.per_usd:.6g}" for r in REGIONS if r.currency != "USD"}
 
 
 def workload_config(workload: str) -> dict[str, Any] | None:
@@ -235,7 +223,7 @@ def workload_config(workload: str) -> dict[str, Any] | None:
         return {
             "metrics": RULES_20,
             "compliance": {"enabled": True},
-            "fx": {"reporting_currency": "USD", "rates": _FX_RATES},
+            "fx": {"reporting_currency": "USD", "rates": _fx_rates()},
         }
     raise ValueError(f"unknown workload {workload!r}; valid workloads: {', '.join(WORKLOADS)}")
 
