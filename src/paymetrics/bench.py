@@ -207,6 +207,7 @@ RULES_20: list[dict[str, Any]] = [
 """Twenty metric rules a payments team would configure: approval and decline mix,
 volumes, refund and chargeback ratios, ticket sizes, latency, channel mix."""
 
+
 def _fx_rates() -> dict[str, str]:
     """USD per one major unit of each currency the simulator produces (its own rough
     rates), so every simulated authorization is judged on amount."""

@@ -295,7 +295,9 @@ class _ReplaySink:
         self.counters: dict[str, pa.Table] = {}
         self.sketches: dict[str, list[pa.Table]] = {}
 
-    def add_compliance_counters(self, rows: pa.Table) -> pa.Table:
+    def add_compliance_counters(
+        self, rows: pa.Table, floors: tuple[int, int] | None = None
+    ) -> pa.Table:
         """Add to the in-memory totals (one table per rule); periods that ended before
         the earliest one added are dropped: the events come oldest day first."""
         rule = rows["rule"][0].as_py() if rows.num_rows else ""

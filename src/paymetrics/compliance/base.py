@@ -71,10 +71,14 @@ class Alert:
 class ComplianceStore(Protocol):
     """What rules need from the batch's transaction (`SqlTransaction` provides it)."""
 
-    def add_compliance_counters(self, rows: pa.Table) -> pa.Table:
+    def add_compliance_counters(
+        self, rows: pa.Table, floors: tuple[int, int] | None = None
+    ) -> pa.Table:
         """Add `rule, subject_type, subject_id, period_start, period_seconds, count,
         amount_minor_reporting` rows to `compliance_counters`; returns the same keys
-        with the stored totals after the addition (any order)."""
+        with the stored totals after the addition (any order). With `floors`
+        (count, amount), keys whose totals are below either may be left out: the rule
+        cannot alert on them (saves sending every total back)."""
         ...
 
     def add_sketch_buckets(self, histogram: str, buckets: pa.Table) -> None:

@@ -24,6 +24,8 @@ from paymetrics.metrics.windows import floor_to_window
 __all__ = ["CounterRule"]
 
 UTC_US = pa.timestamp("us", "UTC")
+NO_FLOOR = -(2**63)
+"""An amount (or count) floor that every total reaches."""
 
 
 class CounterRule(ComplianceRule):
@@ -42,6 +44,12 @@ class CounterRule(ComplianceRule):
         self, count: npt.NDArray[np.int64], amount: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.bool_]:
         """Totals that raise an alert."""
+
+    @property
+    @abc.abstractmethod
+    def floors(self) -> tuple[int, int]:
+        """(count, amount) every total that `crossed` accepts reaches: the store may skip
+        returning the others."""
 
     @abc.abstractmethod
     def measured(self, count: int, amount: int) -> tuple[float, float, str | None]:
@@ -80,7 +88,7 @@ class CounterRule(ComplianceRule):
                 "amount_minor_reporting": grouped["amount_sum"],
             }
         )
-        totals = store.add_compliance_counters(partials)
+        totals = store.add_compliance_counters(partials, self.floors)
         count = np.asarray(totals["count"], dtype=np.int64)
         total = np.asarray(totals["amount_minor_reporting"], dtype=np.int64)
         hit = np.flatnonzero(self.crossed(count, total))

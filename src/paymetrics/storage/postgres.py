@@ -44,6 +44,7 @@ import sqlalchemy as sa
 
 from paymetrics.metrics.payment_5m import COUNT_COLUMNS, KEY_COLUMNS, LATENCY_HISTOGRAM, Partials
 from paymetrics.metrics.sketch import grouped_quantiles
+from paymetrics.metrics.windows import from_epoch_us
 from paymetrics.normalize import WINDOW_SECONDS
 from paymetrics.storage.base import BatchCounts, PartitionState, TransientStoreError
 from paymetrics.storage.postgres_binary import (
@@ -199,6 +200,10 @@ _UPSERT_COUNTERS = (
     "+ excluded.amount_minor_reporting "
     "RETURNING subject_id, period_start, count, amount_minor_reporting"
 )
+_UPSERT_COUNTERS_AT_FLOORS = (
+    f"WITH totals AS ({_UPSERT_COUNTERS}) SELECT * FROM totals "
+    "WHERE count >= %s AND amount_minor_reporting >= %s"
+)
 
 _UPSERT_SKETCH_BUCKETS = (
     f"INSERT INTO aggregate_histograms ({', '.join(_SKETCH_KEY)}, bucket, count) "
@@ -284,7 +289,7 @@ def _copy(cursor: psycopg.Cursor[Any], copy_in: _CopyIn | None) -> None:
         pass
 
 
-def _query(cursor: psycopg.Cursor[Any], statement: str, params: Sequence[ArrayParam]) -> None:
+def _query(cursor: psycopg.Cursor[Any], statement: str, params: Sequence[Any]) -> None:
     """Run a statement on arrays of the batch's keys. Never as a prepared statement: a
     generic plan cannot see how long the arrays are, nor how big the tables have grown."""
     cursor.execute(statement, params, prepare=False)
@@ -406,17 +411,60 @@ class PostgresTransaction(SqlTransaction):
             if update_buckets:
                 _query(cursor, _UPDATE_BUCKETS, update_buckets)
 
+    # -- compliance reads: epoch microseconds computed by the server ---------------
+
+    def read_sketch_buckets(self, histogram: str, start_us: int, end_us: int) -> pa.Table:
+        return self._read(
+            "SELECT (extract(epoch FROM window_start) * 1000000)::int8, dimensions, bucket, "
+            "count FROM aggregate_histograms WHERE histogram = %s AND window_seconds = %s "
+            "AND window_start >= %s AND window_start < %s",
+            (histogram, WINDOW_SECONDS, from_epoch_us(start_us), from_epoch_us(end_us)),
+            ("window_start", "dimensions", "bucket", "count"),
+        )
+
+    def read_merchant_windows(self, start_us: int, end_us: int) -> pa.Table:
+        return self._read(
+            "SELECT (extract(epoch FROM window_start) * 1000000)::int8, merchant_id, "
+            "sum(authorizations)::int8, sum(approved)::int8 FROM payment_metrics_5m "
+            "WHERE window_start >= %s AND window_start < %s GROUP BY window_start, merchant_id",
+            (from_epoch_us(start_us), from_epoch_us(end_us)),
+            ("window_start", "merchant_id", "authorizations", "approved"),
+        )
+
+    def _read(self, sql: str, params: tuple[Any, ...], names: Sequence[str]) -> pa.Table:
+        """Rows as a table of int8 columns, but `dimensions` and `merchant_id` (text)."""
+        with _transient_errors("reading compliance state"), self._driver().cursor() as cursor:
+            cursor.execute(sql, params)
+            found = cursor.fetchall()
+        columns = list(zip(*found, strict=True)) if found else [()] * len(names)
+        text = {"dimensions", "merchant_id"}
+        return pa.table(
+            {
+                name: pa.array(values, pa.string() if name in text else pa.int64())
+                for name, values in zip(names, columns, strict=True)
+            }
+        )
+
     # -- compliance counters -------------------------------------------------------
 
-    def add_compliance_counters(self, rows: pa.Table) -> pa.Table:
+    def add_compliance_counters(
+        self, rows: pa.Table, floors: tuple[int, int] | None = None
+    ) -> pa.Table:
         """One upsert from binary arrays, in key order (two writers lock keys in the same
-        order); RETURNING gives the totals."""
+        order); RETURNING gives the totals, only those at the floors when given (most
+        keys are far below any threshold: no need to send them back)."""
         order = pc.sort_indices(rows, [(k, "ascending") for k in _COUNTER_KEY])
         rows = rows.take(order)
         names = (*_COUNTER_KEY, "count", "amount_minor_reporting")
-        params = [array_param(rows[n], t) for n, t in zip(names, _COUNTER_TYPES, strict=True)]
+        params: list[Any] = [
+            array_param(rows[n], t) for n, t in zip(names, _COUNTER_TYPES, strict=True)
+        ]
+        statement = _UPSERT_COUNTERS
+        if floors is not None:
+            statement = _UPSERT_COUNTERS_AT_FLOORS
+            params += [int(floors[0]), int(floors[1])]
         with _transient_errors("storing compliance counters"), self._driver().cursor() as cursor:
-            _query(cursor, _UPSERT_COUNTERS, params)
+            _query(cursor, statement, params)
             found = cursor.fetchall()
         columns = list(zip(*found, strict=True)) if found else [(), (), (), ()]
         return pa.table(

@@ -222,7 +222,9 @@ class SqlTransaction(Transaction, abc.ABC):
             config_version=config_version,
         )
 
-    def add_compliance_counters(self, rows: pa.Table) -> pa.Table:
+    def add_compliance_counters(
+        self, rows: pa.Table, floors: tuple[int, int] | None = None
+    ) -> pa.Table:
         t = compliance_counters
         insert = _insert(self.conn, t)
         stmt = insert.on_conflict_do_update(

@@ -22,10 +22,11 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from paymetrics.metrics.payment_5m import COUNT_COLUMNS, KEY_COLUMNS, LATENCY_HISTOGRAM
+from paymetrics.metrics.windows import from_epoch_us
 from paymetrics.normalize import WINDOW_SECONDS
 from paymetrics.storage.base import StoreUnavailable
 from paymetrics.storage.sql import SqlStore, SqlTransaction
-from paymetrics.storage.tables import normalized_transactions
+from paymetrics.storage.tables import SQLITE_DATETIME_FORMAT, normalized_transactions
 
 __all__ = ["SQLiteStore", "sqlite_engine"]
 
@@ -70,11 +71,58 @@ _UPDATE_PERCENTILES = (
 _COUNTER_KEY = ("rule", "subject_type", "subject_id", "period_start", "period_seconds")
 _UPSERT_COUNTER_DELTAS = (
     f"INSERT INTO compliance_counters ({', '.join(_COUNTER_KEY)}, count, amount_minor_reporting) "
-    f"SELECT {', '.join(_COUNTER_KEY)}, count, amount_minor_reporting FROM counter_deltas "
+    "SELECT ?, ?, subject_id, period_start, ?, count, amount FROM counter_deltas "
     "WHERE true "  # SQLite needs a WHERE for ON CONFLICT after SELECT
     f"ON CONFLICT ({', '.join(_COUNTER_KEY)}) DO UPDATE SET count = count + excluded.count, "
     "amount_minor_reporting = amount_minor_reporting + excluded.amount_minor_reporting "
     "RETURNING subject_id, period_start, count, amount_minor_reporting"
+)
+
+
+_SKETCH_READ = pa.schema(
+    [
+        ("window_start", pa.int64()),
+        ("dimensions", pa.string()),
+        ("bucket", pa.int64()),
+        ("count", pa.int64()),
+    ]
+)
+_MERCHANT_READ = pa.schema(
+    [
+        ("window_start", pa.int64()),
+        ("merchant_id", pa.string()),
+        ("authorizations", pa.int64()),
+        ("approved", pa.int64()),
+    ]
+)
+
+
+def _text(epoch_us: int) -> str:
+    """An instant in SQLite's stored UTC text form (what UTCDateTime writes)."""
+    return from_epoch_us(epoch_us).strftime(SQLITE_DATETIME_FORMAT)
+
+
+def _columns(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+    """Driver rows as a table of `schema`; a first column `window_start` (SQLite's UTC
+    text) becomes epoch microseconds."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema)
+    arrays = []
+    for values, field in zip(columns, schema, strict=True):
+        if field.name == "window_start":
+            text = pa.array(values, pa.string())
+            arrays.append(text.cast(pa.timestamp("us")).cast(pa.int64()))
+        else:
+            arrays.append(pa.array(values, field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+_COUNTER_TOTALS = pa.schema(
+    [
+        ("subject_id", pa.string()),
+        ("period_start", pa.timestamp("us", "UTC")),
+        ("count", pa.int64()),
+        ("amount_minor_reporting", pa.int64()),
+    ]
 )
 
 
@@ -213,38 +261,78 @@ class SQLiteTransaction(SqlTransaction):
 
     # -- compliance: the bulk paths, as for the metrics ------------------------------
 
-    def add_compliance_counters(self, rows: pa.Table) -> pa.Table:
-        """The rows go to a temporary table with one plain executemany; a single
-        INSERT ... SELECT upserts them all and RETURNING gives the totals (SQLite runs the
-        upsert per row in C, not Python)."""
+    def read_sketch_buckets(self, histogram: str, start_us: int, end_us: int) -> pa.Table:
+        """As SqlTransaction's, with the timestamps converted in Arrow, not per row."""
+        found = self._driver_rows(
+            "SELECT window_start, dimensions, bucket, count FROM aggregate_histograms "
+            "WHERE histogram = ? AND window_seconds = ? AND window_start >= ? "
+            "AND window_start < ?",
+            (histogram, WINDOW_SECONDS, _text(start_us), _text(end_us)),
+        )
+        return _columns(found, _SKETCH_READ)
+
+    def read_merchant_windows(self, start_us: int, end_us: int) -> pa.Table:
+        """As SqlTransaction's, with the timestamps converted in Arrow, not per row."""
+        found = self._driver_rows(
+            "SELECT window_start, merchant_id, sum(authorizations), sum(approved) "
+            "FROM payment_metrics_5m WHERE window_start >= ? AND window_start < ? "
+            "GROUP BY window_start, merchant_id",
+            (_text(start_us), _text(end_us)),
+        )
+        return _columns(found, _MERCHANT_READ)
+
+    def _driver_rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        driver = self.conn.connection.driver_connection
+        assert driver is not None
+        cursor = driver.cursor()  # plain tuples, no Row objects
+        try:
+            rows: list[tuple[Any, ...]] = cursor.execute(sql, params).fetchall()
+        finally:
+            cursor.close()
+        return rows
+
+    def add_compliance_counters(
+        self, rows: pa.Table, floors: tuple[int, int] | None = None
+    ) -> pa.Table:
+        """The varying columns go to a temporary table with one plain executemany; one
+        INSERT ... SELECT upserts them all (per row in C, not Python) and RETURNING gives
+        the totals. Rule, subject type and period length are the same on every row of a
+        call (one rule's counters): bound once."""
+        if not rows.num_rows:
+            return _COUNTER_TOTALS.empty_table()
+        shared = ("rule", "subject_type", "period_seconds")
+        for name in shared:
+            if pc.count_distinct(rows[name]).as_py() != 1:
+                raise ValueError(f"compliance counters of one call must share {name}")
+        constants = [rows[name][0].as_py() for name in shared]
         columns = [
-            _pylist(rows[name]) for name in (*_COUNTER_KEY, "count", "amount_minor_reporting")
+            _pylist(rows[name])
+            for name in ("subject_id", "period_start", "count", "amount_minor_reporting")
         ]
         self.conn.exec_driver_sql(
-            "CREATE TEMP TABLE IF NOT EXISTS counter_deltas (rule VARCHAR, subject_type VARCHAR, "
-            "subject_id VARCHAR, period_start DATETIME, period_seconds INTEGER, "
-            "count INTEGER, amount_minor_reporting INTEGER)"
+            "CREATE TEMP TABLE IF NOT EXISTS counter_deltas "
+            "(subject_id VARCHAR, period_start DATETIME, count INTEGER, amount INTEGER)"
         )
         self.conn.exec_driver_sql("DELETE FROM counter_deltas")
         self.conn.exec_driver_sql(
-            "INSERT INTO counter_deltas VALUES (?, ?, ?, ?, ?, ?, ?)",
-            list(zip(*columns, strict=True)),
+            "INSERT INTO counter_deltas VALUES (?, ?, ?, ?)", list(zip(*columns, strict=True))
         )
         driver = self.conn.connection.driver_connection
         assert driver is not None
         cursor = driver.cursor()  # plain tuples, no Row objects
-        found = cursor.execute(_UPSERT_COUNTER_DELTAS).fetchall()
+        found = cursor.execute(_UPSERT_COUNTER_DELTAS, constants).fetchall()
         cursor.close()
         subject, period, count, amount = zip(*found, strict=True) if found else ((),) * 4
         return pa.table(
-            {
-                "subject_id": pa.array(subject, pa.string()),
-                "period_start": pa.array(period, pa.string())
+            [
+                pa.array(subject, pa.string()),
+                pa.array(period, pa.string())
                 .cast(pa.timestamp("us"))  # SQLite's UTC text form
                 .cast(pa.timestamp("us", "UTC")),
-                "count": pa.array(count, pa.int64()),
-                "amount_minor_reporting": pa.array(amount, pa.int64()),
-            }
+                pa.array(count, pa.int64()),
+                pa.array(amount, pa.int64()),
+            ],
+            schema=_COUNTER_TOTALS,
         )
 
     def add_sketch_buckets(self, histogram: str, buckets: pa.Table) -> None:

@@ -151,6 +151,7 @@ payment_metrics_5m = sa.Table(
     sa.Column("latency_p99_ms", sa.Float),
     sa.Column("latency_max_ms", sa.Float),
     comment="Exact 5-minute payment metrics per merchant, payment method and currency.",
+    sqlite_with_rowid=False,  # migration 0005: stored once, clustered on the key
 )
 
 aggregate_histograms = sa.Table(
@@ -163,6 +164,7 @@ aggregate_histograms = sa.Table(
     sa.Column("bucket", sa.BigInteger, primary_key=True),
     sa.Column("count", sa.BigInteger, nullable=False),
     comment="Mergeable histogram/sketch buckets; counts add up across batches and workers.",
+    sqlite_with_rowid=False,  # migration 0005: stored once, clustered on the key
 )
 
 source_checkpoints = sa.Table(
@@ -211,6 +213,7 @@ dynamic_metrics = sa.Table(
     sa.Column("max", sa.Float),
     sa.Column("numerator", sa.BigInteger),
     comment="Config-defined metrics with their mergeable partials, per rule version.",
+    sqlite_with_rowid=False,  # migration 0005: stored once, clustered on the key
 )
 
 sa.Index("ix_failed_items_reason", failed_items.c.reason)
@@ -241,6 +244,7 @@ compliance_counters = sa.Table(
     sa.Column("count", sa.BigInteger, nullable=False),
     sa.Column("amount_minor_reporting", sa.BigInteger, nullable=False),
     comment="Additive per-subject period counters of the compliance rules.",
+    sqlite_with_rowid=False,  # migration 0005: stored once, clustered on the key
 )
 
 compliance_alerts = sa.Table(
