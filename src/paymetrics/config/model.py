@@ -299,13 +299,11 @@ class MetricRuleSettings(Section):
     @field_validator("group_by")
     @classmethod
     def _known_columns(cls, value: list[str]) -> list[str]:
-        unknown = [c for c in value if c not in EVENT_SCHEMA.names]
-        if unknown:
-            raise ValueError(
-                f"unknown column {unknown[0]!r}; columns: {', '.join(EVENT_SCHEMA.names)}"
-            )
-        if len(set(value)) != len(value):
-            raise ValueError("a column is listed twice")
+        from paymetrics.metrics.dynamic import group_by_problems
+
+        problems = group_by_problems(value, EVENT_SCHEMA)  # the same check as at run start
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
     @model_validator(mode="after")

@@ -40,6 +40,7 @@ __all__ = [
     "RuleError",
     "aggregate_rules",
     "compile_rule",
+    "group_by_problems",
     "merge_partials",
     "metric_values",
 ]
@@ -158,7 +159,7 @@ def compile_rule(
         problems.append(("numerator", "required for aggregate ratio"))
     if aggregate in AGGREGATES and aggregate != "ratio" and numerator is not None:
         problems.append(("numerator", f"only used by aggregate ratio, not {aggregate}"))
-    problems.extend(("group_by", message) for message in _group_by_problems(group_by, schema))
+    problems.extend(("group_by", message) for message in group_by_problems(group_by, schema))
     if problems:
         raise RuleError(problems)
     return MetricRule(
@@ -172,7 +173,7 @@ def compile_rule(
     )
 
 
-def _group_by_problems(group_by: Sequence[str], schema: pa.Schema) -> list[str]:
+def group_by_problems(group_by: Sequence[str], schema: pa.Schema) -> list[str]:
     problems: list[str] = []
     names = schema.names
     for column in group_by:

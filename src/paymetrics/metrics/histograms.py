@@ -23,7 +23,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from paymetrics.metrics.dynamic import UTC_US, WINDOWS, RuleError, _dimensions, _group_by_problems
+from paymetrics.metrics.dynamic import UTC_US, WINDOWS, RuleError, _dimensions, group_by_problems
 from paymetrics.metrics.expressions import Expression, ExpressionError, parse_value
 from paymetrics.metrics.windows import floor_to_window
 
@@ -92,7 +92,7 @@ def compile_histogram(
         problems.append(("buckets", "upper bounds must be strictly ascending"))
     if window not in WINDOWS:
         problems.append(("window", f"unknown window {window!r}; one of: {', '.join(WINDOWS)}"))
-    problems.extend(("group_by", message) for message in _group_by_problems(group_by, schema))
+    problems.extend(("group_by", message) for message in group_by_problems(group_by, schema))
     if problems or expression is None:
         raise RuleError(problems)
     return Histogram(name, expression, bounds, tuple(sorted(group_by)), WINDOWS[window])

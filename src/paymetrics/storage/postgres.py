@@ -189,8 +189,8 @@ _UPSERT_DYNAMIC = (
     f"WHEN 'ratio' THEN {_NUMERATOR}::float8 / nullif({_COUNT}, 0)::float8 END"
 )
 
-_COUNTER_KEY = ("rule", "subject_type", "subject_id", "period_start", "period_seconds")
-_COUNTER_TYPES = (TEXT, TEXT, TEXT, TIMESTAMPTZ, INT4, INT8, INT8)
+_COUNTER_KEY = ("rule", "period_seconds", "period_start", "subject_type", "subject_id")
+_COUNTER_TYPES = (TEXT, INT4, TIMESTAMPTZ, TEXT, TEXT, INT8, INT8)
 _UPSERT_COUNTERS = (
     f"INSERT INTO compliance_counters ({', '.join(_COUNTER_KEY)}, count, amount_minor_reporting) "
     "SELECT * FROM unnest(%b, %b, %b, %b, %b, %b, %b) "

@@ -68,9 +68,10 @@ _UPDATE_PERCENTILES = (
 )
 
 
-_COUNTER_KEY = ("rule", "subject_type", "subject_id", "period_start", "period_seconds")
+_COUNTER_KEY = ("rule", "period_seconds", "period_start", "subject_type", "subject_id")
 _UPSERT_COUNTER_DELTAS = (
-    f"INSERT INTO compliance_counters ({', '.join(_COUNTER_KEY)}, count, amount_minor_reporting) "
+    "INSERT INTO compliance_counters (rule, subject_type, subject_id, period_start, "
+    "period_seconds, count, amount_minor_reporting) "
     "SELECT ?, ?, subject_id, period_start, ?, count, amount FROM counter_deltas "
     "WHERE true "  # SQLite needs a WHERE for ON CONFLICT after SELECT
     f"ON CONFLICT ({', '.join(_COUNTER_KEY)}) DO UPDATE SET count = count + excluded.count, "

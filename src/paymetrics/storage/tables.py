@@ -236,13 +236,23 @@ POSTGRES_ONLY_INDEXES = frozenset(
 compliance_counters = sa.Table(
     "compliance_counters",
     metadata,
-    sa.Column("rule", sa.String(64), primary_key=True),
-    sa.Column("subject_type", sa.String(32), primary_key=True),
-    sa.Column("subject_id", sa.String(128), primary_key=True),
-    sa.Column("period_start", UTCDateTime, primary_key=True),
-    sa.Column("period_seconds", sa.Integer, primary_key=True),
+    sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("subject_type", sa.String(32), nullable=False),
+    sa.Column("subject_id", sa.String(128), nullable=False),
+    sa.Column("period_start", UTCDateTime, nullable=False),
+    sa.Column("period_seconds", sa.Integer, nullable=False),
     sa.Column("count", sa.BigInteger, nullable=False),
     sa.Column("amount_minor_reporting", sa.BigInteger, nullable=False),
+    # Period before subject (migration 0005): a batch touches the current periods only, so
+    # its writes stay in a small, hot part of the key instead of all over it.
+    sa.PrimaryKeyConstraint(
+        "rule",
+        "period_seconds",
+        "period_start",
+        "subject_type",
+        "subject_id",
+        name="pk_compliance_counters",
+    ),
     comment="Additive per-subject period counters of the compliance rules.",
     sqlite_with_rowid=False,  # migration 0005: stored once, clustered on the key
 )
