@@ -86,13 +86,15 @@ def validate(
 ) -> None:
     """Check a configuration (with the environment, as `run` would see it); every problem
     is listed with its path, and the exit code is 1 when there is any."""
+    from rich.markup import escape
+
     from paymetrics.config.loader import ConfigError
 
     console, out = _consoles()
     try:
         loaded = load_settings(config_file=file)
     except ConfigError as error:
-        console.print(f"[red]invalid:[/red] {error}", highlight=False)
+        console.print(f"[red]invalid:[/red] {escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
     rules = len(loaded.settings.metrics)
     out.print(f"{file}: valid ({rules} metric rule{'s' if rules != 1 else ''})", highlight=False)

@@ -51,9 +51,16 @@ def _type_name(annotation: Any) -> str:
     return str(annotation)
 
 
-def _default(info: FieldInfo) -> str:
-    if info.default_factory is not None:
-        value: Any = info.default_factory()  # type: ignore[call-arg]
+_NO_VALUE = object()
+
+
+def _default(info: FieldInfo, actual: Any = _NO_VALUE) -> str:
+    """The default of a field; `actual` is its value in the enclosing section's default
+    (a rule's severity is set by the section that holds it, not by the rule class)."""
+    if actual is not _NO_VALUE:
+        value: Any = actual
+    elif info.default_factory is not None:
+        value = info.default_factory()  # type: ignore[call-arg]
     elif info.default is PydanticUndefined:
         return "(required)"
     else:
@@ -87,8 +94,11 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _section(model: type[BaseModel], path: str, lines: list[str]) -> None:
-    nested: list[tuple[str, type[BaseModel]]] = []
+def _section(
+    model: type[BaseModel], path: str, lines: list[str], defaults: BaseModel | None = None
+) -> None:
+    """`defaults`: the section's value by default, when its parent sets one."""
+    nested: list[tuple[str, type[BaseModel], BaseModel | None]] = []
     restart = getattr(model, "restart_required", False)
     lines += [
         f"### `{path}`",
@@ -100,19 +110,23 @@ def _section(model: type[BaseModel], path: str, lines: list[str]) -> None:
     lines += ["", "| option | type | default | meaning |", "|---|---|---|---|"]
     for name, info in model.model_fields.items():
         sub = _model_of(info.annotation)
+        actual = getattr(defaults, name) if defaults is not None else _NO_VALUE
+        if actual is _NO_VALUE and info.default is not PydanticUndefined:
+            actual = info.default
         if sub is not None and typing.get_origin(info.annotation) not in (list, dict):
-            nested.append((f"{path}.{name}", sub))
+            held = actual if isinstance(actual, BaseModel) else None
+            nested.append((f"{path}.{name}", sub, held))
         elif sub is not None:
             suffix = "[]" if typing.get_origin(info.annotation) is list else ".<name>"
-            nested.append((f"{path}.{name}{suffix}", sub))
+            nested.append((f"{path}.{name}{suffix}", sub, None))
         doc = " ".join((info.description or "").split())
+        shown = _default(info, getattr(defaults, name)) if defaults is not None else _default(info)
         lines.append(
-            f"| `{name}` | {_type_name(info.annotation)}{_constraints(info)} | "
-            f"{_default(info)} | {doc} |"
+            f"| `{name}` | {_type_name(info.annotation)}{_constraints(info)} | {shown} | {doc} |"
         )
     lines.append("")
-    for sub_path, sub in nested:
-        _section(sub, sub_path, lines)
+    for sub_path, sub, held in nested:
+        _section(sub, sub_path, lines, held)
 
 
 def _rule_params(lines: list[str]) -> None:

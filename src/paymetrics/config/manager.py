@@ -188,6 +188,7 @@ class ConfigManager:
     def attach(self, store: Store, reason: str = "start") -> PipelineOptions:
         """Record the current rules as a config version in `store`; the options to run with."""
         self.store = store
+        pipeline_options(self.settings, None)  # rules that cannot compile are not recorded
         self.applied = store.record_config(
             self.settings.rules_document(),
             f"paymetrics run ({reason}), {self._applied_by}",

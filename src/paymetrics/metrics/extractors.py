@@ -7,7 +7,7 @@ like a config rule's: counts, sums and numerators add, min/max combine, and `val
 recomputed from the merged partials by `aggregate`.
 
 Extractors are registered under the entry-point group `paymetrics.extractors` and run
-when the configuration lists them (`extractors: [name, ...]`). Their rows carry
+when the configuration enables them (`extractors: {name: {enabled: true}}`). Their rows carry
 `config_version` 0: an extractor's definition is its code, not the configuration.
 """
 
