@@ -44,6 +44,15 @@ __all__ = ["ReplayError", "ReplayReport", "replay"]
 log = logging.getLogger("paymetrics.replay")
 
 _DAY = dt.timedelta(days=1)
+_SKETCH_ROWS = pa.schema(
+    [
+        ("window_start", pa.int64()),
+        ("dimensions", pa.string()),
+        ("bucket", pa.int64()),
+        ("count", pa.int64()),
+    ]
+)
+"""Sketch buckets as `ComplianceStore.read_sketch_buckets` returns them (µs windows)."""
 
 
 class ReplayError(ValueError):
@@ -144,7 +153,7 @@ def replay(
     )
     only = dataclasses.replace(options, metric_rules=tuple(selected))
     partials: list[pa.Table] = []
-    seen: set[str] = set()
+    seen: list[pa.Array] = []
     with store.transaction() as tx:
         assert isinstance(tx, SqlTransaction)
         sink = _ReplaySink(tx) if compliance is not None else None
@@ -242,15 +251,16 @@ def _archive_days(
         lo = hi
 
 
-def _events(rows: pa.Table, seen: set[str]) -> tuple[pa.Table, int]:
-    """Normalized events of archive rows not replayed before (first copy of each id)."""
+def _events(rows: pa.Table, seen: list[pa.Array]) -> tuple[pa.Table, int]:
+    """Normalized events of archive rows not replayed before (first copy of each id);
+    `seen` holds the ids of earlier days, one array per day."""
     if rows.num_rows == 0:
         return pa.table({}), 0
     rows = rows.filter(pa.array(first_occurrences(rows["event_id"])))
     if seen:
-        fresh = pc.invert(pc.is_in(rows["event_id"], value_set=pa.array(list(seen))))
-        rows = rows.filter(fresh)
-    seen.update(rows["event_id"].to_pylist())
+        replayed = pa.concat_arrays(seen)
+        rows = rows.filter(pc.invert(pc.is_in(rows["event_id"], value_set=replayed)))
+    seen.append(rows["event_id"].combine_chunks())
     messages: list[bytes] = rows["payload"].cast(pa.binary()).to_pylist()
     rejects = Rejects()
     decoded = decode(
@@ -328,14 +338,7 @@ class _ReplaySink:
     def read_sketch_buckets(self, histogram: str, start_us: int, end_us: int) -> pa.Table:
         """The buckets added for [start_us, end_us), summed (window_start in µs, as the
         database read gives it)."""
-        empty = pa.table(
-            {
-                "window_start": pa.array([], pa.int64()),
-                "dimensions": pa.array([], pa.string()),
-                "bucket": pa.array([], pa.int64()),
-                "count": pa.array([], pa.int64()),
-            }
-        )
+        empty = _SKETCH_ROWS.empty_table()
         parts = self.sketches.get(histogram)
         if not parts:
             return empty

@@ -111,18 +111,16 @@ def _section(
     for name, info in model.model_fields.items():
         sub = _model_of(info.annotation)
         actual = getattr(defaults, name) if defaults is not None else _NO_VALUE
-        if actual is _NO_VALUE and info.default is not PydanticUndefined:
-            actual = info.default
         if sub is not None and typing.get_origin(info.annotation) not in (list, dict):
-            held = actual if isinstance(actual, BaseModel) else None
-            nested.append((f"{path}.{name}", sub, held))
+            held = actual if actual is not _NO_VALUE else info.default
+            nested.append((f"{path}.{name}", sub, held if isinstance(held, BaseModel) else None))
         elif sub is not None:
             suffix = "[]" if typing.get_origin(info.annotation) is list else ".<name>"
             nested.append((f"{path}.{name}{suffix}", sub, None))
         doc = " ".join((info.description or "").split())
-        shown = _default(info, getattr(defaults, name)) if defaults is not None else _default(info)
         lines.append(
-            f"| `{name}` | {_type_name(info.annotation)}{_constraints(info)} | {shown} | {doc} |"
+            f"| `{name}` | {_type_name(info.annotation)}{_constraints(info)} | "
+            f"{_default(info, actual)} | {doc} |"
         )
     lines.append("")
     for sub_path, sub, held in nested:
