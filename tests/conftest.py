@@ -43,7 +43,6 @@ REQUIRE_SERVICES_ENV = "PAYMETRICS_REQUIRE_SERVICES"
 PAYMETRICS_TABLES = (
     "aggregate_histograms",
     "compliance_alerts",
-    "compliance_counters",
     "config_versions",
     "dynamic_metrics",
     "failed_items",

@@ -204,6 +204,8 @@ class Pipeline:
         missing = {r.name for r in options.metric_rules} - set(options.metric_versions)
         if missing and options.config_version is not None:
             raise ValueError(f"no version given for metric rules {sorted(missing)}")
+        if options.compliance is not None and options.compliance.reads_customer_history:
+            self.store.prepare_compliance()
         self._compiled = _Compiled(
             options=options,
             rules=tuple(resolve_rules(options.rules)),

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from paymetrics.compliance import Alert
+from paymetrics.compliance.base import HISTORY_SCHEMA
 from paymetrics.decode import Rejects, decode
 from paymetrics.metrics.dynamic import PARTIAL_SCHEMA, aggregate_rules, merge_partials
 from paymetrics.metrics.windows import floor_to_window, from_epoch_us, to_epoch_us
@@ -175,6 +176,7 @@ def replay(
                     watermark_us=to_epoch_us(hi),
                     config_version=options.config_version,
                 )
+                sink.remember(events)
         if report.archived_rows == 0:
             raise ReplayError(
                 f"the archive {archive_url} holds no events from {read_start.isoformat()} "
@@ -296,41 +298,36 @@ def _in_ranges(
 
 
 class _ReplaySink:
-    """The compliance store of a replay: counters and latency sketches of the replayed
-    events kept in memory (the stored ones count what live ingestion saw), payment
+    """The compliance store of a replay: authorizations and latency sketches of the
+    replayed events kept in memory (the stored ones count what live ingestion saw), payment
     metrics read from the database, alerts inserted in the replay's transaction."""
 
     def __init__(self, tx: SqlTransaction) -> None:
         self.tx = tx
-        self.counters: dict[str, pa.Table] = {}
+        self.history: pa.Table | None = None
         self.sketches: dict[str, list[pa.Table]] = {}
 
-    def add_compliance_counters(
-        self, rows: pa.Table, floors: tuple[int, int] | None = None
-    ) -> pa.Table:
-        """Add to the in-memory totals (one table per rule); periods that ended before
-        the earliest one added are dropped: the events come oldest day first."""
-        rule = rows["rule"][0].as_py() if rows.num_rows else ""
-        keys = ["subject_type", "subject_id", "period_start", "period_seconds"]
-        values = ["count", "amount_minor_reporting"]
-        state = self.counters.get(rule)
-        if state is not None:
-            oldest = pc.min(rows["period_start"])
-            ends = pc.add(
-                pc.cast(state["period_start"], pa.int64()),
-                pc.multiply(pc.cast(state["period_seconds"], pa.int64()), 1_000_000),
-            )
-            state = state.filter(pc.greater(ends, pc.cast(oldest, pa.int64())))
-        added = rows.select(keys + values)
-        combined = added if state is None else pa.concat_tables([state, added.cast(state.schema)])
-        totals = combined.group_by(keys, use_threads=False).aggregate([(v, "sum") for v in values])
-        totals = totals.rename_columns([*keys, *values])
-        self.counters[rule] = totals
-        return (
-            added.select(keys)
-            .join(totals, keys, use_threads=False)
-            .select(["subject_id", "period_start", *values])
+    def earlier_authorizations(self, customers: pa.Array, start_us: int, end_us: int) -> pa.Table:
+        """From the replayed days before this one (`remember`); authorizations that
+        occurred before `start_us` are dropped: the days come oldest first."""
+        if self.history is None:
+            return HISTORY_SCHEMA.empty_table()
+        at = pc.cast(self.history["occurred_at"], pa.int64())
+        self.history = self.history.filter(pc.greater_equal(at, start_us))
+        at = pc.cast(self.history["occurred_at"], pa.int64())
+        wanted = pc.and_(
+            pc.and_(pc.greater_equal(at, start_us), pc.less(at, end_us)),
+            pc.is_in(self.history["customer_id"], value_set=customers),
         )
+        return self.history.filter(wanted)
+
+    def remember(self, events: pa.Table) -> None:
+        """Keep the replayed authorizations with a customer for the later days' reads."""
+        keep = pc.and_(
+            pc.equal(events["event_type"], "authorization"), pc.is_valid(events["customer_id"])
+        )
+        new = events.filter(keep).select(HISTORY_SCHEMA.names).cast(HISTORY_SCHEMA)
+        self.history = new if self.history is None else pa.concat_tables([self.history, new])
 
     def add_sketch_buckets(self, histogram: str, buckets: pa.Table) -> None:
         self.sketches.setdefault(histogram, []).append(buckets)

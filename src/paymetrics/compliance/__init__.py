@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from paymetrics.compliance.base import (
+    HISTORY_SCHEMA,
     Alert,
     BatchView,
     ComplianceRule,
     ComplianceStore,
 )
+from paymetrics.compliance.counters import CounterRule
 from paymetrics.compliance.daily_aggregate import DailyAggregate
 from paymetrics.compliance.decline_spike import DeclineSpike
 from paymetrics.compliance.fx import Fx, minor_unit_exponent
@@ -30,6 +33,7 @@ from paymetrics.compliance.pan_exposure import PanExposure
 from paymetrics.compliance.structuring import Structuring
 from paymetrics.compliance.velocity import Velocity
 from paymetrics.config.model import ComplianceSettings, FxSettings
+from paymetrics.metrics.windows import US_PER_SECOND
 
 __all__ = [
     "RULES",
@@ -101,6 +105,11 @@ class Compliance:
         )
         return cls(rules, rates) if rules else None
 
+    @property
+    def reads_customer_history(self) -> bool:
+        """Whether a per-customer rule is on: it reads the customer index."""
+        return any(isinstance(r, CounterRule) for r in self.rules)
+
     def evaluate(
         self,
         events: pa.Table,
@@ -121,6 +130,7 @@ class Compliance:
             previous_watermark_us=previous_watermark_us,
             watermark_us=watermark_us,
         )
+        batch.history = self._history(batch, sink)
         alerts: list[Alert] = []
         for rule in self.rules:
             alerts.extend(rule.evaluate(batch, sink))
@@ -138,3 +148,30 @@ class Compliance:
                     ", ".join(f"{c} ({n})" for c, n in sorted(missing.items())),
                 )
         return sink.insert_alerts(alerts, config_version) if alerts else 0
+
+    def _history(self, batch: BatchView, store: ComplianceStore) -> BatchView | None:
+        """One read for every per-customer rule: the earlier stored authorizations of the
+        batch's customers, from the start of the earliest period any of its
+        authorizations falls in (under any rule's period length) to the end of the
+        latest."""
+        periods = [r.period_seconds for r in self.rules if isinstance(r, CounterRule)]
+        rows = batch.authorization & batch.has_customer
+        if not periods or not rows.any():
+            return None
+        occurred = batch.occurred_us[rows]
+        first, last = int(occurred.min()), int(occurred.max())
+        widths = [p * US_PER_SECOND for p in periods]
+        start = min(first // w * w for w in widths)
+        end = max(last // w * w + w for w in widths)
+        customers = pc.unique(batch.events["customer_id"].filter(pa.array(rows)))
+        if isinstance(customers, pa.ChunkedArray):
+            customers = customers.combine_chunks()
+        earlier = store.earlier_authorizations(customers, start, end)
+        return BatchView(
+            earlier.cast(HISTORY_SCHEMA),
+            self.fx,
+            source_id=batch.source_id,
+            partition=batch.partition,
+            previous_watermark_us=batch.previous_watermark_us,
+            watermark_us=batch.watermark_us,
+        )

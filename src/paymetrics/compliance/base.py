@@ -4,7 +4,8 @@ A rule is built from its settings (`paymetrics.config.model.*Rule`) and the FX r
 and implements one method, `evaluate(batch, store)`, returning `Alert`s. Rules work on
 whole columns of the batch's newly stored events (never on redeliveries: an event is
 judged in the transaction that stores it, and in no other), plus what they keep in the
-store: additive period counters, latency sketches, the 5-minute payment metrics.
+store: earlier authorizations of the same customers, latency sketches, the 5-minute
+payment metrics.
 
 Every alert is keyed by (rule, subject_type, subject_id, period_start, period_seconds);
 the store inserts it with ON CONFLICT DO NOTHING, so a key alerts at most once.
@@ -30,6 +31,7 @@ from paymetrics.metrics.windows import US_PER_SECOND, floor_to_window, from_epoc
 
 __all__ = [
     "EVIDENCE_LIMIT",
+    "HISTORY_SCHEMA",
     "Alert",
     "BatchView",
     "ComplianceRule",
@@ -39,6 +41,19 @@ __all__ = [
 
 EVIDENCE_LIMIT = 20
 """Most event ids kept on one alert."""
+
+HISTORY_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("customer_id", pa.string()),
+        ("occurred_at", pa.timestamp("us", "UTC")),
+        ("event_type", pa.string()),
+        ("status", pa.string()),
+        ("amount_minor", pa.int64()),
+        ("currency", pa.string()),
+    ]
+)
+"""The columns of `ComplianceStore.earlier_authorizations`: what per-customer rules read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +86,12 @@ class Alert:
 class ComplianceStore(Protocol):
     """What rules need from the batch's transaction (`SqlTransaction` provides it)."""
 
-    def add_compliance_counters(
-        self, rows: pa.Table, floors: tuple[int, int] | None = None
-    ) -> pa.Table:
-        """Add `rule, subject_type, subject_id, period_start, period_seconds, count,
-        amount_minor_reporting` rows to `compliance_counters`; returns the same keys
-        with the stored totals after the addition (any order). With `floors`
-        (count, amount), keys whose totals are below either may be left out: the rule
-        cannot alert on them (saves sending every total back)."""
+    def earlier_authorizations(self, customers: pa.Array, start_us: int, end_us: int) -> pa.Table:
+        """Authorizations of these customers (`customer_id` values) stored by earlier
+        batches (not the one being judged) with start_us <= occurred_at < end_us: the
+        `HISTORY_SCHEMA` columns, in any order. What per-customer period rules add the
+        batch's own events to: the stored events are the counters, deduplicated by
+        `event_id` like everything else."""
         ...
 
     def add_sketch_buckets(self, histogram: str, buckets: pa.Table) -> None:
@@ -120,6 +133,9 @@ class BatchView:
         self.partition = partition
         self.previous_watermark_us = previous_watermark_us
         self.watermark_us = watermark_us
+        #: Earlier stored authorizations of the batch's customers in the periods its
+        #: events fall in (`Compliance.evaluate` sets it when a per-customer rule runs).
+        self.history: BatchView | None = None
 
     @cached_property
     def occurred_us(self) -> npt.NDArray[np.int64]:

@@ -1,11 +1,16 @@
-"""Rules over additive per-customer period counters (`compliance_counters`).
+"""Rules over per-customer period totals: count and reporting-currency amount of the
+authorizations a rule selects, per (customer, period).
 
-Each batch adds, per (customer, period), the count and the reporting-currency amount of
-its newly stored events that the rule selects; the store returns the totals after the
-addition, and the keys whose totals cross the rule's limit raise an alert (once per key:
-the alert's unique key keeps later batches from raising it again). Periods are tumbling
-and aligned to the UTC epoch (a 1-day period is a UTC calendar day), so the same event
-always lands in the same period, whatever batch it arrives in.
+The totals are not kept as counters: they are computed from the stored events, the
+batch's own plus the same customers' earlier authorizations in the same periods
+(`BatchView.history`, one indexed read per batch). The stored events are deduplicated by
+`event_id` in the same transaction, so a redelivered batch cannot count twice and there
+is no second copy of the state to keep consistent; and a read per customer costs a
+fraction of an upsert per customer and rule (ADR 0010). Keys whose totals cross the
+rule's limit raise an alert (once per key: the alert's unique key keeps later batches
+from raising it again). Periods are tumbling and aligned to the UTC epoch (a 1-day
+period is a UTC calendar day), so the same event always lands in the same period,
+whatever batch it arrives in.
 """
 
 from __future__ import annotations
@@ -23,10 +28,6 @@ from paymetrics.metrics.windows import floor_to_window
 
 __all__ = ["CounterRule"]
 
-UTC_US = pa.timestamp("us", "UTC")
-NO_FLOOR = -(2**63)
-"""An amount (or count) floor that every total reaches."""
-
 
 class CounterRule(ComplianceRule):
     subject_type: ClassVar[str] = "customer"
@@ -37,19 +38,14 @@ class CounterRule(ComplianceRule):
 
     @abc.abstractmethod
     def selected(self, batch: BatchView) -> npt.NDArray[np.bool_]:
-        """Rows the counter counts."""
+        """Rows the rule counts: authorizations only (`BatchView.history` holds no other
+        event type)."""
 
     @abc.abstractmethod
     def crossed(
         self, count: npt.NDArray[np.int64], amount: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.bool_]:
         """Totals that raise an alert."""
-
-    @property
-    @abc.abstractmethod
-    def floors(self) -> tuple[int, int]:
-        """(count, amount) every total that `crossed` accepts reaches: the store may skip
-        returning the others."""
 
     @abc.abstractmethod
     def measured(self, count: int, amount: int) -> tuple[float, float, str | None]:
@@ -59,45 +55,28 @@ class CounterRule(ComplianceRule):
         rows = np.flatnonzero(self.selected(batch) & batch.has_customer)
         if not len(rows):
             return []
-        period = floor_to_window(batch.occurred_us[rows], self.period_seconds)
-        if self.uses_amounts:
-            amount = np.nan_to_num(batch.reporting_minor[rows]).astype(np.int64)
-        else:
-            amount = np.zeros(len(rows), dtype=np.int64)
-        work = pa.table(
-            {
-                "subject_id": batch.events["customer_id"].take(pa.array(rows)),
-                "period_us": pa.array(period),
-                "count": pa.array(np.ones(len(rows), dtype=np.int64)),
-                "amount": pa.array(amount),
-                "row": pa.array(rows.astype(np.int64)),
-            }
-        )
-        grouped = work.group_by(["subject_id", "period_us"], use_threads=False).aggregate(
+        work = self._work(batch, rows, rows.astype(np.int64))
+        history = batch.history
+        combined = work
+        if history is not None and history.events.num_rows:
+            earlier = np.flatnonzero(self.selected(history) & history.has_customer)
+            if len(earlier):
+                keys = work.select(["subject_id", "period_us"])
+                before = self._work(history, earlier, np.full(len(earlier), -1, np.int64))
+                before = before.join(keys, keys.column_names, join_type="left semi")
+                combined = pa.concat_tables([work, before.select(work.column_names)])
+        totals = combined.group_by(["subject_id", "period_us"], use_threads=False).aggregate(
             [("count", "sum"), ("amount", "sum")]
         )
-        n = grouped.num_rows
-        partials = pa.table(
-            {
-                "rule": pa.array([self.name] * n, pa.string()),
-                "subject_type": pa.array([self.subject_type] * n, pa.string()),
-                "subject_id": grouped["subject_id"],
-                "period_start": grouped["period_us"].cast(UTC_US),
-                "period_seconds": pa.array(np.full(n, self.period_seconds, dtype=np.int64)),
-                "count": grouped["count_sum"],
-                "amount_minor_reporting": grouped["amount_sum"],
-            }
-        )
-        totals = store.add_compliance_counters(partials, self.floors)
-        count = np.asarray(totals["count"], dtype=np.int64)
-        total = np.asarray(totals["amount_minor_reporting"], dtype=np.int64)
+        count = np.asarray(totals["count_sum"], dtype=np.int64)
+        total = np.asarray(totals["amount_sum"], dtype=np.int64)
         hit = np.flatnonzero(self.crossed(count, total))
         if not len(hit):
             return []
         crossed = pa.table(
             {
                 "subject_id": totals["subject_id"].take(pa.array(hit)),
-                "period_us": totals["period_start"].take(pa.array(hit)).cast(pa.int64()),
+                "period_us": totals["period_us"].take(pa.array(hit)),
                 "total_count": pa.array(count[hit]),
                 "total_amount": pa.array(total[hit]),
             }
@@ -135,3 +114,21 @@ class CounterRule(ComplianceRule):
                 )
             )
         return alerts
+
+    def _work(
+        self, view: BatchView, rows: npt.NDArray[np.intp], tag: npt.NDArray[np.int64]
+    ) -> pa.Table:
+        """(subject_id, period_us, count, amount, row) of the selected `rows` of `view`."""
+        if self.uses_amounts:
+            amount = np.nan_to_num(view.reporting_minor[rows]).astype(np.int64)
+        else:
+            amount = np.zeros(len(rows), dtype=np.int64)
+        return pa.table(
+            {
+                "subject_id": view.events["customer_id"].take(pa.array(rows)),
+                "period_us": pa.array(floor_to_window(view.occurred_us[rows], self.period_seconds)),
+                "count": pa.array(np.ones(len(rows), dtype=np.int64)),
+                "amount": pa.array(amount),
+                "row": pa.array(tag),
+            }
+        )

@@ -40,9 +40,5 @@ class DailyAggregate(CounterRule):
     ) -> npt.NDArray[np.bool_]:
         return amount > self.threshold
 
-    @property
-    def floors(self) -> tuple[int, int]:
-        return (0, int(self.threshold) + 1)
-
     def measured(self, count: int, amount: int) -> tuple[float, float, str | None]:
         return self.to_major(amount), self.to_major(self.threshold), self.fx.reporting_currency

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from paymetrics.compliance.base import BatchView
-from paymetrics.compliance.counters import NO_FLOOR, CounterRule
+from paymetrics.compliance.counters import CounterRule
 from paymetrics.compliance.fx import Fx
 from paymetrics.config.model import StructuringRule
 
@@ -44,10 +44,6 @@ class Structuring(CounterRule):
         self, count: npt.NDArray[np.int64], amount: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.bool_]:
         return count >= self.rule.min_transactions
-
-    @property
-    def floors(self) -> tuple[int, int]:
-        return (self.rule.min_transactions, NO_FLOOR)
 
     def measured(self, count: int, amount: int) -> tuple[float, float, str | None]:
         return float(count), float(self.rule.min_transactions), None

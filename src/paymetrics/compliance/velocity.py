@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from paymetrics.compliance.base import BatchView
-from paymetrics.compliance.counters import NO_FLOOR, CounterRule
+from paymetrics.compliance.counters import CounterRule
 from paymetrics.compliance.fx import Fx
 from paymetrics.config.model import VelocityRule
 
@@ -35,10 +35,6 @@ class Velocity(CounterRule):
         self, count: npt.NDArray[np.int64], amount: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.bool_]:
         return count > self.rule.max_authorizations
-
-    @property
-    def floors(self) -> tuple[int, int]:
-        return (self.rule.max_authorizations + 1, NO_FLOOR)
 
     def measured(self, count: int, amount: int) -> tuple[float, float, str | None]:
         return float(count), float(self.rule.max_authorizations), None

@@ -199,6 +199,9 @@ class Store(abc.ABC):
     def prepare(self) -> None:
         """Create or upgrade the schema."""
 
+    def prepare_compliance(self) -> None:  # noqa: B027 - optional, nothing to do by default
+        """Build what the per-customer compliance rules read (idempotent)."""
+
     @abc.abstractmethod
     def load_state(self, source_id: str) -> dict[str, PartitionState]:
         """Checkpoints and counters of every partition of a source."""

@@ -63,6 +63,8 @@ from paymetrics.storage.postgres_binary import (
 )
 from paymetrics.storage.sql import QUANTILES, SqlStore, SqlTransaction
 from paymetrics.storage.tables import (
+    CUSTOMER_INDEX,
+    CUSTOMER_INDEX_DEFINITION,
     UTCDateTime,
     aggregate_histograms,
     normalized_transactions,
@@ -189,20 +191,13 @@ _UPSERT_DYNAMIC = (
     f"WHEN 'ratio' THEN {_NUMERATOR}::float8 / nullif({_COUNT}, 0)::float8 END"
 )
 
-_COUNTER_KEY = ("rule", "period_seconds", "period_start", "subject_type", "subject_id")
-_COUNTER_TYPES = (TEXT, INT4, TIMESTAMPTZ, TEXT, TEXT, INT8, INT8)
-_UPSERT_COUNTERS = (
-    f"INSERT INTO compliance_counters ({', '.join(_COUNTER_KEY)}, count, amount_minor_reporting) "
-    "SELECT * FROM unnest(%b, %b, %b, %b, %b, %b, %b) "
-    f"ON CONFLICT ({', '.join(_COUNTER_KEY)}) DO UPDATE SET "
-    "count = compliance_counters.count + excluded.count, "
-    "amount_minor_reporting = compliance_counters.amount_minor_reporting "
-    "+ excluded.amount_minor_reporting "
-    "RETURNING subject_id, period_start, count, amount_minor_reporting"
-)
-_UPSERT_COUNTERS_AT_FLOORS = (
-    f"WITH totals AS ({_UPSERT_COUNTERS}) SELECT * FROM totals "
-    "WHERE count >= %s AND amount_minor_reporting >= %s"
+_EARLIER_AUTHORIZATIONS = (
+    # `customer_id IS NOT NULL` and the literal match ix_normalized_transactions_customer's
+    # WHERE; the array is probed in the index, one descent per customer.
+    "SELECT event_id, customer_id, occurred_at, event_type, status, amount_minor, currency "
+    "FROM normalized_transactions WHERE customer_id = ANY(%b) AND customer_id IS NOT NULL "
+    "AND event_type = 'authorization' AND occurred_at >= %s AND occurred_at < %s "
+    "AND batch_id <> %s"
 )
 
 _UPSERT_SKETCH_BUCKETS = (
@@ -447,33 +442,25 @@ class PostgresTransaction(SqlTransaction):
 
     # -- compliance counters -------------------------------------------------------
 
-    def add_compliance_counters(
-        self, rows: pa.Table, floors: tuple[int, int] | None = None
-    ) -> pa.Table:
-        """One upsert from binary arrays, in key order (two writers lock keys in the same
-        order); RETURNING gives the totals, only those at the floors when given (most
-        keys are far below any threshold: no need to send them back)."""
-        order = pc.sort_indices(rows, [(k, "ascending") for k in _COUNTER_KEY])
-        rows = rows.take(order)
-        names = (*_COUNTER_KEY, "count", "amount_minor_reporting")
-        params: list[Any] = [
-            array_param(rows[n], t) for n, t in zip(names, _COUNTER_TYPES, strict=True)
+    def earlier_authorizations(self, customers: pa.Array, start_us: int, end_us: int) -> pa.Table:
+        """One indexed read with the customers as a binary array parameter."""
+        from paymetrics.compliance.base import HISTORY_SCHEMA
+
+        if not len(customers):
+            return HISTORY_SCHEMA.empty_table()
+        params = [
+            array_param(customers, TEXT),
+            from_epoch_us(start_us),
+            from_epoch_us(end_us),
+            self.batch_id or -1,
         ]
-        statement = _UPSERT_COUNTERS
-        if floors is not None:
-            statement = _UPSERT_COUNTERS_AT_FLOORS
-            params += [int(floors[0]), int(floors[1])]
-        with _transient_errors("storing compliance counters"), self._driver().cursor() as cursor:
-            _query(cursor, statement, params)
+        with _transient_errors("reading earlier authorizations"), self._driver().cursor() as cursor:
+            _query(cursor, _EARLIER_AUTHORIZATIONS, params)
             found = cursor.fetchall()
-        columns = list(zip(*found, strict=True)) if found else [(), (), (), ()]
+        columns = list(zip(*found, strict=True)) if found else [()] * len(HISTORY_SCHEMA)
         return pa.table(
-            {
-                "subject_id": pa.array(columns[0], pa.string()),
-                "period_start": pa.array(columns[1], pa.timestamp("us", "UTC")),
-                "count": pa.array(columns[2], pa.int64()),
-                "amount_minor_reporting": pa.array(columns[3], pa.int64()),
-            }
+            [pa.array(v, f.type) for v, f in zip(columns, HISTORY_SCHEMA, strict=True)],
+            schema=HISTORY_SCHEMA,
         )
 
     def add_sketch_buckets(self, histogram: str, buckets: pa.Table) -> None:
@@ -640,3 +627,28 @@ class _Buckets:
 
 class PostgresStore(SqlStore):
     transaction_class = PostgresTransaction
+
+    def prepare_compliance(self) -> None:
+        """Built CONCURRENTLY: enabling compliance on a large store does not stop the
+        writers of a running worker group for the build. A build that failed half way
+        leaves an invalid index, which is dropped and built again."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            valid = conn.execute(
+                sa.text(
+                    "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(:name)"
+                ),
+                {"name": CUSTOMER_INDEX},
+            ).scalar()
+            if valid:
+                return
+            if valid is not None:
+                conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {CUSTOMER_INDEX}")
+            try:
+                conn.exec_driver_sql(
+                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {CUSTOMER_INDEX} "
+                    f"{CUSTOMER_INDEX_DEFINITION}"
+                )
+            except sa.exc.DBAPIError as error:  # another worker's build got there first
+                if not isinstance(error.orig, psycopg.errors.UniqueViolation):
+                    raise

@@ -38,9 +38,10 @@ from paymetrics.storage.base import (
     Transaction,
 )
 from paymetrics.storage.tables import (
+    CUSTOMER_INDEX,
+    CUSTOMER_INDEX_DEFINITION,
     aggregate_histograms,
     compliance_alerts,
-    compliance_counters,
     config_versions,
     dynamic_metrics,
     failed_items,
@@ -75,6 +76,9 @@ class SqlTransaction(Transaction, abc.ABC):
     def __init__(self, conn: sa.Connection, clock: Clock) -> None:
         self.conn = conn
         self.clock = clock
+        #: The batch this transaction stores (set by `start_batch`): compliance reads
+        #: exclude its events, which it judges from memory.
+        self.batch_id: int | None = None
 
     def start_batch(
         self,
@@ -100,7 +104,8 @@ class SqlTransaction(Transaction, abc.ABC):
             )
             .returning(ingest_batches.c.batch_id)
         )
-        return int(self.conn.execute(stmt).scalar_one())
+        self.batch_id = int(self.conn.execute(stmt).scalar_one())
+        return self.batch_id
 
     def add_dead_letters(self, source_id: str, partition: str, rows: DeadLetters) -> None:
         if not len(rows):
@@ -222,28 +227,25 @@ class SqlTransaction(Transaction, abc.ABC):
             config_version=config_version,
         )
 
-    def add_compliance_counters(
-        self, rows: pa.Table, floors: tuple[int, int] | None = None
-    ) -> pa.Table:
-        t = compliance_counters
-        insert = _insert(self.conn, t)
-        stmt = insert.on_conflict_do_update(
-            index_elements=[c.name for c in t.primary_key.columns],
-            set_={
-                "count": t.c.count + insert.excluded["count"],
-                "amount_minor_reporting": t.c.amount_minor_reporting
-                + insert.excluded.amount_minor_reporting,
-            },
-        ).returning(t.c.subject_id, t.c.period_start, t.c.count, t.c.amount_minor_reporting)
-        found = self.conn.execute(stmt, rows.to_pylist()).all()
-        columns = list(zip(*found, strict=True)) if found else [(), (), (), ()]
+    def earlier_authorizations(self, customers: pa.Array, start_us: int, end_us: int) -> pa.Table:
+        from paymetrics.compliance.base import HISTORY_SCHEMA
+
+        t = normalized_transactions
+        ids = customers.to_pylist()
+        found: list[Any] = []
+        for at in range(0, len(ids), 1000):  # bound the IN list
+            stmt = sa.select(*(t.c[f.name] for f in HISTORY_SCHEMA)).where(
+                t.c.customer_id.in_(ids[at : at + 1000]),
+                t.c.event_type == "authorization",
+                t.c.occurred_at >= from_epoch_us(start_us),
+                t.c.occurred_at < from_epoch_us(end_us),
+                t.c.batch_id != (self.batch_id or -1),
+            )
+            found.extend(self.conn.execute(stmt).all())
+        columns = list(zip(*found, strict=True)) if found else [()] * len(HISTORY_SCHEMA)
         return pa.table(
-            {
-                "subject_id": pa.array(columns[0], pa.string()),
-                "period_start": pa.array(columns[1], pa.timestamp("us", "UTC")),
-                "count": pa.array(columns[2], pa.int64()),
-                "amount_minor_reporting": pa.array(columns[3], pa.int64()),
-            }
+            [pa.array(v, f.type) for v, f in zip(columns, HISTORY_SCHEMA, strict=True)],
+            schema=HISTORY_SCHEMA,
         )
 
     def add_histogram_buckets(self, buckets: pa.Table) -> None:
@@ -485,6 +487,14 @@ class SqlStore(Store):
 
     def prepare(self) -> None:
         migrate.upgrade(self.engine)
+
+    def prepare_compliance(self) -> None:
+        """The partial customer index (see `CUSTOMER_INDEX`): built once, the first time
+        a per-customer rule is enabled."""
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(
+                f"CREATE INDEX IF NOT EXISTS {CUSTOMER_INDEX} {CUSTOMER_INDEX_DEFINITION}"
+            )
 
     def load_state(self, source_id: str) -> dict[str, PartitionState]:
         c = source_checkpoints

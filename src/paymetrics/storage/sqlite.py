@@ -68,15 +68,14 @@ _UPDATE_PERCENTILES = (
 )
 
 
-_COUNTER_KEY = ("rule", "period_seconds", "period_start", "subject_type", "subject_id")
-_UPSERT_COUNTER_DELTAS = (
-    "INSERT INTO compliance_counters (rule, subject_type, subject_id, period_start, "
-    "period_seconds, count, amount_minor_reporting) "
-    "SELECT ?, ?, subject_id, period_start, ?, count, amount FROM counter_deltas "
-    "WHERE true "  # SQLite needs a WHERE for ON CONFLICT after SELECT
-    f"ON CONFLICT ({', '.join(_COUNTER_KEY)}) DO UPDATE SET count = count + excluded.count, "
-    "amount_minor_reporting = amount_minor_reporting + excluded.amount_minor_reporting "
-    "RETURNING subject_id, period_start, count, amount_minor_reporting"
+_EARLIER_AUTHORIZATIONS = (
+    # Customers first (CROSS JOIN fixes the order): one probe of the partial index per
+    # customer, not a scan of the index. The literal matches the index's WHERE.
+    "SELECT t.event_id, t.customer_id, t.occurred_at, t.event_type, t.status, "
+    "t.amount_minor, t.currency FROM temp.history_customers AS c "
+    "CROSS JOIN normalized_transactions AS t "
+    "ON t.customer_id = c.customer_id AND t.event_type = 'authorization' "
+    "AND t.occurred_at >= ? AND t.occurred_at < ? WHERE t.batch_id <> ?"
 )
 
 
@@ -115,16 +114,6 @@ def _columns(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
         else:
             arrays.append(pa.array(values, field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
-
-
-_COUNTER_TOTALS = pa.schema(
-    [
-        ("subject_id", pa.string()),
-        ("period_start", pa.timestamp("us", "UTC")),
-        ("count", pa.int64()),
-        ("amount_minor_reporting", pa.int64()),
-    ]
-)
 
 
 def _pylist(column: pa.ChunkedArray | pa.Array) -> list[Any]:
@@ -292,49 +281,32 @@ class SQLiteTransaction(SqlTransaction):
             cursor.close()
         return rows
 
-    def add_compliance_counters(
-        self, rows: pa.Table, floors: tuple[int, int] | None = None
-    ) -> pa.Table:
-        """The varying columns go to a temporary table with one plain executemany; one
-        INSERT ... SELECT upserts them all (per row in C, not Python) and RETURNING gives
-        the totals. Rule, subject type and period length are the same on every row of a
-        call (one rule's counters): bound once."""
-        if not rows.num_rows:
-            return _COUNTER_TOTALS.empty_table()
-        shared = ("rule", "subject_type", "period_seconds")
-        for name in shared:
-            if pc.count_distinct(rows[name]).as_py() != 1:
-                raise ValueError(f"compliance counters of one call must share {name}")
-        constants = [rows[name][0].as_py() for name in shared]
-        columns = [
-            _pylist(rows[name])
-            for name in ("subject_id", "period_start", "count", "amount_minor_reporting")
+    def earlier_authorizations(self, customers: pa.Array, start_us: int, end_us: int) -> pa.Table:
+        """The customers go to a temporary table with one plain executemany; the read
+        probes `ix_normalized_transactions_customer` once per customer."""
+        from paymetrics.compliance.base import HISTORY_SCHEMA
+
+        if not len(customers):
+            return HISTORY_SCHEMA.empty_table()
+        self.conn.exec_driver_sql(
+            "CREATE TEMP TABLE IF NOT EXISTS history_customers "
+            "(customer_id VARCHAR PRIMARY KEY) WITHOUT ROWID"
+        )
+        self.conn.exec_driver_sql("DELETE FROM temp.history_customers")
+        self.conn.exec_driver_sql(
+            "INSERT OR IGNORE INTO temp.history_customers VALUES (?)",
+            [(c,) for c in customers.to_pylist()],
+        )
+        found = self._driver_rows(
+            _EARLIER_AUTHORIZATIONS, (_text(start_us), _text(end_us), self.batch_id or -1)
+        )
+        columns = list(zip(*found, strict=True)) if found else [()] * len(HISTORY_SCHEMA)
+        arrays = [
+            pa.array(values, pa.string() if f.name == "occurred_at" else f.type)
+            for values, f in zip(columns, HISTORY_SCHEMA, strict=True)
         ]
-        self.conn.exec_driver_sql(
-            "CREATE TEMP TABLE IF NOT EXISTS counter_deltas "
-            "(subject_id VARCHAR, period_start DATETIME, count INTEGER, amount INTEGER)"
-        )
-        self.conn.exec_driver_sql("DELETE FROM counter_deltas")
-        self.conn.exec_driver_sql(
-            "INSERT INTO counter_deltas VALUES (?, ?, ?, ?)", list(zip(*columns, strict=True))
-        )
-        driver = self.conn.connection.driver_connection
-        assert driver is not None
-        cursor = driver.cursor()  # plain tuples, no Row objects
-        found = cursor.execute(_UPSERT_COUNTER_DELTAS, constants).fetchall()
-        cursor.close()
-        subject, period, count, amount = zip(*found, strict=True) if found else ((),) * 4
-        return pa.table(
-            [
-                pa.array(subject, pa.string()),
-                pa.array(period, pa.string())
-                .cast(pa.timestamp("us"))  # SQLite's UTC text form
-                .cast(pa.timestamp("us", "UTC")),
-                pa.array(count, pa.int64()),
-                pa.array(amount, pa.int64()),
-            ],
-            schema=_COUNTER_TOTALS,
-        )
+        arrays[2] = arrays[2].cast(pa.timestamp("us")).cast(pa.timestamp("us", "UTC"))
+        return pa.Table.from_arrays(arrays, schema=HISTORY_SCHEMA)
 
     def add_sketch_buckets(self, histogram: str, buckets: pa.Table) -> None:
         n = buckets.num_rows

@@ -14,11 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
 __all__ = [
+    "CUSTOMER_INDEX",
+    "CUSTOMER_INDEX_DEFINITION",
     "METRIC_KEY_COLUMNS",
     "UTCDateTime",
     "aggregate_histograms",
     "compliance_alerts",
-    "compliance_counters",
     "config_versions",
     "dynamic_metrics",
     "failed_items",
@@ -233,28 +234,13 @@ POSTGRES_ONLY_INDEXES = frozenset(
     }
 )
 
-compliance_counters = sa.Table(
-    "compliance_counters",
-    metadata,
-    sa.Column("rule", sa.String(64), nullable=False),
-    sa.Column("subject_type", sa.String(32), nullable=False),
-    sa.Column("subject_id", sa.String(128), nullable=False),
-    sa.Column("period_start", UTCDateTime, nullable=False),
-    sa.Column("period_seconds", sa.Integer, nullable=False),
-    sa.Column("count", sa.BigInteger, nullable=False),
-    sa.Column("amount_minor_reporting", sa.BigInteger, nullable=False),
-    # Period before subject (migration 0005): a batch touches the current periods only, so
-    # its writes stay in a small, hot part of the key instead of all over it.
-    sa.PrimaryKeyConstraint(
-        "rule",
-        "period_seconds",
-        "period_start",
-        "subject_type",
-        "subject_id",
-        name="pk_compliance_counters",
-    ),
-    comment="Additive per-subject period counters of the compliance rules.",
-    sqlite_with_rowid=False,  # migration 0005: stored once, clustered on the key
+#: Built on demand (`SqlStore.prepare_compliance`) once a per-customer compliance rule
+#: is enabled, not by a migration: a store without compliance does not pay for it on
+#: every insert. Partial: authorizations with a customer are all those rules read.
+CUSTOMER_INDEX = "ix_normalized_transactions_customer"
+CUSTOMER_INDEX_DEFINITION = (
+    "ON normalized_transactions (customer_id, occurred_at) "
+    "WHERE customer_id IS NOT NULL AND event_type = 'authorization'"
 )
 
 compliance_alerts = sa.Table(
