@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from paymetrics.config.manager import pipeline_options
 from paymetrics.config.model import ComplianceSettings, Settings
@@ -232,3 +233,36 @@ def test_sqlite_and_postgres_store_the_same_alerts(
     rows = dump_table(sqlite, "compliance_alerts")
     assert rows == dump_table(postgres, "compliance_alerts")
     assert rows
+
+
+def test_customer_index_is_built_on_demand_and_rebuilt_when_invalid(
+    postgres_schema: Callable[[str], str],
+) -> None:
+    """PostgreSQL: no index until a per-customer rule is on; then a valid one. A build
+    that failed half way (an invalid index) is dropped and built again, not trusted."""
+    url = postgres_schema("index")
+    valid = (
+        "SELECT i.indisvalid FROM pg_index i "
+        "WHERE i.indexrelid = to_regclass('ix_normalized_transactions_customer')"
+    )
+    store = open_store(url)
+    try:
+        store.prepare()
+        engine = sa.create_engine(store.engine.url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text(valid)).scalar() is None
+        Pipeline(store, None, pipeline_options(ON, None))
+        with engine.begin() as conn:
+            assert conn.execute(sa.text(valid)).scalar() is True
+            conn.execute(
+                sa.text(
+                    "UPDATE pg_index SET indisvalid = false "
+                    "WHERE indexrelid = to_regclass('ix_normalized_transactions_customer')"
+                )
+            )
+        Pipeline(store, None, pipeline_options(ON, None))
+        with engine.connect() as conn:
+            assert conn.execute(sa.text(valid)).scalar() is True
+        engine.dispose()
+    finally:
+        store.close()

@@ -151,3 +151,21 @@ def test_retention_shorter_than_lateness_is_refused(
     assert "retention.normalized_days: 3 days is shorter than lateness.max_lateness_seconds" in (
         result.stderr
     )
+
+
+def test_retention_shorter_than_customer_periods_is_refused(
+    run_cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    """7 days cover the default lateness (7 days) alone, not plus the daily aggregate's
+    day: the per-customer rules would lose the start of an open period."""
+    settings = tmp_path / "paymetrics.yaml"
+    settings.write_text("retention:\n  normalized_days: 7\ncompliance:\n  enabled: true\n")
+    result = run_cli("config", "validate", settings)
+    assert result.returncode == 1
+    assert "shorter than the longest per-customer compliance period (86400 s)" in result.stderr
+    settings.write_text(
+        "retention:\n  normalized_days: 7\ncompliance:\n  enabled: true\n"
+        "  daily_aggregate_threshold: {enabled: false}\n"
+        "  structuring: {enabled: false}\n  velocity: {enabled: false}\n"
+    )
+    assert run_cli("config", "validate", settings).returncode == 0

@@ -466,6 +466,22 @@ class ComplianceSettings(Section):
     webhook: WebhookSettings = WebhookSettings()
     """Delivery of the alerts to an HTTP endpoint (off until `url` is set)."""
 
+    def longest_customer_period_seconds(self) -> int:
+        """The longest period of the enabled per-customer rules (0: none enabled): how far
+        back they read the stored events."""
+        if not self.enabled:
+            return 0
+        periods = [
+            seconds
+            for rule, seconds in (
+                (self.daily_aggregate_threshold, 86_400),
+                (self.structuring, self.structuring.period_seconds),
+                (self.velocity, self.velocity.period_seconds),
+            )
+            if rule.enabled
+        ]
+        return max(periods, default=0)
+
 
 class FxSettings(Section):
     """Exchange rates, for thresholds given in a reporting currency."""
@@ -665,6 +681,19 @@ class Settings(Section):
                 f"retention.normalized_days: {days} days is shorter than "
                 f"lateness.max_lateness_seconds ({self.lateness.max_lateness_seconds:g} s); "
                 "a late redelivery of an expired event would be counted again"
+            )
+        period = self.compliance.longest_customer_period_seconds()
+        if (
+            days is not None
+            and period
+            and days * 86_400 < self.lateness.max_lateness_seconds + period
+        ):
+            raise ValueError(
+                f"retention.normalized_days: {days} days is shorter than the longest "
+                f"per-customer compliance period ({period} s) plus "
+                f"lateness.max_lateness_seconds ({self.lateness.max_lateness_seconds:g} s); "
+                "those rules total the stored events of a period, and expired ones would "
+                "no longer count"
             )
         return self
 
