@@ -12,6 +12,7 @@ processing would cost more than SQLite itself.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,13 @@ _UPDATE_PERCENTILES = (
 
 
 _EARLIER_AUTHORIZATIONS = (
-    # Customers first (CROSS JOIN fixes the order): one probe of the partial index per
-    # customer, not a scan of the index. The literal matches the index's WHERE.
+    # The customers come as one JSON array (no temporary table to fill), first in the
+    # join (CROSS JOIN fixes the order): one probe of the partial index per customer,
+    # not a scan of the index. The literal matches the index's WHERE.
     "SELECT t.event_id, t.customer_id, t.occurred_at, t.event_type, t.status, "
-    "t.amount_minor, t.currency FROM temp.history_customers AS c "
+    "t.amount_minor, t.currency FROM json_each(?) AS c "
     "CROSS JOIN normalized_transactions AS t "
-    "ON t.customer_id = c.customer_id AND t.event_type = 'authorization' "
+    "ON t.customer_id = c.value AND t.event_type = 'authorization' "
     "AND t.occurred_at >= ? AND t.occurred_at < ? WHERE t.batch_id <> ?"
 )
 
@@ -282,23 +284,19 @@ class SQLiteTransaction(SqlTransaction):
         return rows
 
     def earlier_authorizations(self, customers: pa.Array, start_us: int, end_us: int) -> pa.Table:
-        """The customers go to a temporary table with one plain executemany; the read
-        probes `ix_normalized_transactions_customer` once per customer."""
+        """One read; it probes `ix_normalized_transactions_customer` once per customer."""
         from paymetrics.compliance.base import HISTORY_SCHEMA
 
         if not len(customers):
             return HISTORY_SCHEMA.empty_table()
-        self.conn.exec_driver_sql(
-            "CREATE TEMP TABLE IF NOT EXISTS history_customers "
-            "(customer_id VARCHAR PRIMARY KEY) WITHOUT ROWID"
-        )
-        self.conn.exec_driver_sql("DELETE FROM temp.history_customers")
-        self.conn.exec_driver_sql(
-            "INSERT OR IGNORE INTO temp.history_customers VALUES (?)",
-            [(c,) for c in customers.to_pylist()],
-        )
         found = self._driver_rows(
-            _EARLIER_AUTHORIZATIONS, (_text(start_us), _text(end_us), self.batch_id or -1)
+            _EARLIER_AUTHORIZATIONS,
+            (
+                json.dumps(customers.to_pylist()),
+                _text(start_us),
+                _text(end_us),
+                self.batch_id or -1,
+            ),
         )
         columns = list(zip(*found, strict=True)) if found else [()] * len(HISTORY_SCHEMA)
         arrays = [

@@ -239,7 +239,9 @@ POSTGRES_ONLY_INDEXES = frozenset(
 #: every insert. Partial: authorizations with a customer are all those rules read.
 CUSTOMER_INDEX = "ix_normalized_transactions_customer"
 CUSTOMER_INDEX_DEFINITION = (
-    "ON normalized_transactions (customer_id, occurred_at) "
+    # The customer alone: the rule reads each matching row anyway (amount, status, ...),
+    # and the time there; a narrower entry is a cheaper insert on every authorization.
+    "ON normalized_transactions (customer_id) "
     "WHERE customer_id IS NOT NULL AND event_type = 'authorization'"
 )
 
