@@ -146,7 +146,9 @@ def test_a_file_edit_switches_rules_at_a_batch_boundary_and_a_bad_edit_is_reject
     process, stderr, db = start(tmp_path, config)
     try:
         wait_for("five batches", lambda: len(batches(db)) >= 5, process)
-        config.write_text(config_text(DECLINED))
+        saved = tmp_path / ".paymetrics.yaml.swp"  # saved as editors do: a new file renamed
+        saved.write_text(config_text(DECLINED))
+        os.replace(saved, config)
         wait_for("config version 2", lambda: versions(db) == [1, 2], process)
         wait_for(
             "three batches with version 2",
