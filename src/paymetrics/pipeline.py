@@ -34,7 +34,7 @@ from paymetrics.mask import mask_batch
 from paymetrics.metrics.dynamic import MetricRule, aggregate_rules
 from paymetrics.metrics.extractors import Extractor, extract_all
 from paymetrics.metrics.histograms import Histogram, histogram_buckets
-from paymetrics.metrics.payment_5m import aggregate
+from paymetrics.metrics.payment_5m import Partials, aggregate
 from paymetrics.metrics.windows import US_PER_SECOND, from_epoch_us
 from paymetrics.normalize import normalize
 from paymetrics.sources.base import Checkpoint, RawBatch, Source
@@ -72,6 +72,7 @@ STAGES = (
     "validate",
     "archive",
     "dead_letter_topic",
+    "aggregate",
     "store",
 )
 
@@ -478,7 +479,11 @@ class Pipeline:
                 self._should_stop,
             )
         clock.lap("dead_letter_topic")
-        return _Prepared(batch, compiled, unique, table.num_rows, dead, watermark, watermark_us)
+        aggregates = _Aggregates.of(unique, compiled.options)
+        clock.lap("aggregate")
+        return _Prepared(
+            batch, compiled, unique, table.num_rows, dead, watermark, watermark_us, aggregates
+        )
 
     def commit(
         self,
@@ -501,13 +506,17 @@ class Pipeline:
             )
             tx.add_dead_letters(batch.source_id, batch.partition, prepared.dead)
             new = tx.insert_events(prepared.unique, batch_id)
-            stored = prepared.unique.filter(pa.array(new))
-            partials = aggregate(stored)
+            if new.all():
+                stored, aggregates = prepared.unique, prepared.aggregates
+            else:  # some were stored before (a redelivery across batches)
+                stored = prepared.unique.filter(pa.array(new))
+                aggregates = _Aggregates.of(stored, options)
+            partials = aggregates.partials
             tx.apply_payment_metrics(partials)
-            if options.metric_rules or options.extractors:
-                tx.apply_dynamic_metrics(_dynamic_partials(stored, options))
-            if options.histograms:
-                tx.add_histogram_buckets(histogram_buckets(stored, options.histograms))
+            if aggregates.dynamic is not None:
+                tx.apply_dynamic_metrics(aggregates.dynamic)
+            if aggregates.histograms is not None:
+                tx.add_histogram_buckets(aggregates.histograms)
             alerts = 0
             if options.compliance is not None:
                 alerts = tx.apply_compliance(
@@ -761,6 +770,31 @@ class _Prepared:
     watermark: int | None
     #: The partition watermark lateness was judged against.
     basis: int | None
+    #: The aggregates of `unique`, computed before the transaction: they are the batch's
+    #: when the store reports every row of `unique` new (almost always: redeliveries
+    #: within the batch are already gone), and are recomputed otherwise.
+    aggregates: _Aggregates
+
+
+@dataclass(frozen=True, slots=True)
+class _Aggregates:
+    """What a batch's new events add: 5-minute metrics, rule partials, histograms."""
+
+    partials: Partials
+    dynamic: pa.Table | None
+    histograms: pa.Table | None
+
+    @classmethod
+    def of(cls, events: pa.Table, options: PipelineOptions) -> _Aggregates:
+        return cls(
+            partials=aggregate(events),
+            dynamic=_dynamic_partials(events, options)
+            if options.metric_rules or options.extractors
+            else None,
+            histograms=histogram_buckets(events, options.histograms)
+            if options.histograms
+            else None,
+        )
 
 
 def _repeat(value: str, n: int) -> pa.Array:
