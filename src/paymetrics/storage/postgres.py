@@ -64,7 +64,7 @@ from paymetrics.storage.postgres_binary import (
 from paymetrics.storage.sql import QUANTILES, SqlStore, SqlTransaction
 from paymetrics.storage.tables import (
     CUSTOMER_INDEX,
-    CUSTOMER_INDEX_DEFINITION,
+    CUSTOMER_INDEX_DEFINITION_POSTGRES,
     UTCDateTime,
     aggregate_histograms,
     normalized_transactions,
@@ -193,7 +193,7 @@ _UPSERT_DYNAMIC = (
 
 _EARLIER_AUTHORIZATIONS = (
     # `customer_id IS NOT NULL` and the literal match ix_normalized_transactions_customer's
-    # WHERE; the array is probed in the index, one descent per customer.
+    # WHERE; the (hash) index is probed once per customer of the array.
     "SELECT event_id, customer_id, occurred_at, event_type, status, amount_minor, currency "
     "FROM normalized_transactions WHERE customer_id = ANY(%b) AND customer_id IS NOT NULL "
     "AND event_type = 'authorization' AND occurred_at >= %s AND occurred_at < %s "
@@ -647,7 +647,7 @@ class PostgresStore(SqlStore):
             try:
                 conn.exec_driver_sql(
                     f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {CUSTOMER_INDEX} "
-                    f"{CUSTOMER_INDEX_DEFINITION}"
+                    f"{CUSTOMER_INDEX_DEFINITION_POSTGRES}"
                 )
             except sa.exc.DBAPIError as error:  # another worker's build got there first
                 if not isinstance(error.orig, psycopg.errors.UniqueViolation):

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Dialect
 __all__ = [
     "CUSTOMER_INDEX",
     "CUSTOMER_INDEX_DEFINITION",
+    "CUSTOMER_INDEX_DEFINITION_POSTGRES",
     "METRIC_KEY_COLUMNS",
     "UTCDateTime",
     "aggregate_histograms",
@@ -238,11 +239,14 @@ POSTGRES_ONLY_INDEXES = frozenset(
 #: is enabled, not by a migration: a store without compliance does not pay for it on
 #: every insert. Partial: authorizations with a customer are all those rules read.
 CUSTOMER_INDEX = "ix_normalized_transactions_customer"
-CUSTOMER_INDEX_DEFINITION = (
-    # The customer alone: the rule reads each matching row anyway (amount, status, ...),
-    # and the time there; a narrower entry is a cheaper insert on every authorization.
-    "ON normalized_transactions (customer_id) "
-    "WHERE customer_id IS NOT NULL AND event_type = 'authorization'"
+CUSTOMER_INDEX_WHERE = "WHERE customer_id IS NOT NULL AND event_type = 'authorization'"
+#: The customer alone: the rule reads each matching row anyway (amount, status, ...), and
+#: the time there; a narrower entry is a cheaper insert on every authorization.
+CUSTOMER_INDEX_DEFINITION = f"ON normalized_transactions (customer_id) {CUSTOMER_INDEX_WHERE}"
+#: PostgreSQL: a hash index, only ever probed for equality; its 4-byte entries cost 40%
+#: less to insert than the B-tree's (docs/performance.md).
+CUSTOMER_INDEX_DEFINITION_POSTGRES = (
+    f"ON normalized_transactions USING hash (customer_id) {CUSTOMER_INDEX_WHERE}"
 )
 
 compliance_alerts = sa.Table(
