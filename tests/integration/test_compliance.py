@@ -195,6 +195,13 @@ def test_customer_totals_span_batches(
     assert any(row[0] == EXPECTED[scenario] for row in expected)
     run(db_url, path, batch=3)
     assert found(db_url) == expected
+    # The evidence lists every event in the total, earlier batches' included.
+    for alert in query_rows(
+        db_url, "SELECT * FROM compliance_alerts WHERE subject_type = 'customer'"
+    ):
+        ids = json.loads(alert["evidence_event_ids"])
+        assert len(ids) == min(json.loads(alert["evidence"])["count"], 20), alert
+        assert len(set(ids)) == len(ids)
 
 
 def test_disabled_rules_cost_nothing(

@@ -23,7 +23,14 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from paymetrics.compliance.base import Alert, BatchView, ComplianceRule, ComplianceStore, at_us
+from paymetrics.compliance.base import (
+    EVIDENCE_LIMIT,
+    Alert,
+    BatchView,
+    ComplianceRule,
+    ComplianceStore,
+    at_us,
+)
 from paymetrics.metrics.windows import floor_to_window
 
 __all__ = ["CounterRule"]
@@ -55,15 +62,17 @@ class CounterRule(ComplianceRule):
         rows = np.flatnonzero(self.selected(batch) & batch.has_customer)
         if not len(rows):
             return []
-        work = self._work(batch, rows, rows.astype(np.int64))
+        work = self._work(batch, rows)
         history = batch.history
         combined = work
         if history is not None and history.events.num_rows:
             earlier = np.flatnonzero(self.selected(history) & history.has_customer)
             if len(earlier):
                 keys = work.select(["subject_id", "period_us"])
-                before = self._work(history, earlier, np.full(len(earlier), -1, np.int64))
-                before = before.join(keys, keys.column_names, join_type="left semi")
+                before = self._work(history, earlier)
+                before = before.join(
+                    keys, keys.column_names, join_type="left semi", use_threads=False
+                )
                 combined = pa.concat_tables([work, before.select(work.column_names)])
         totals = combined.group_by(["subject_id", "period_us"], use_threads=False).aggregate(
             [("count", "sum"), ("amount", "sum")]
@@ -81,19 +90,29 @@ class CounterRule(ComplianceRule):
                 "total_amount": pa.array(total[hit]),
             }
         )
+        # The evidence is every event that makes up the total, earlier batches' included,
+        # oldest first (up to EVIDENCE_LIMIT): what an investigator reads first.
+        keys = ["subject_id", "period_us"]
         evidence = (
-            work.join(crossed, ["subject_id", "period_us"], join_type="inner", use_threads=False)
+            combined.join(crossed, keys, join_type="inner", use_threads=False)
             .group_by(["subject_id", "period_us", "total_count", "total_amount"], use_threads=False)
-            .aggregate([("row", "list")])
+            .aggregate([("occurred_us", "list"), ("event_id", "list")])
         )
         evidence = evidence.take(
             pc.sort_indices(evidence, [("subject_id", "ascending"), ("period_us", "ascending")])
         )
         alerts = []
-        for subject, period_us, n_total, amount_total, batch_rows in zip(
+        for subject, period_us, n_total, amount_total, times, ids in zip(
             *(
                 evidence[c].to_pylist()
-                for c in ("subject_id", "period_us", "total_count", "total_amount", "row_list")
+                for c in (
+                    "subject_id",
+                    "period_us",
+                    "total_count",
+                    "total_amount",
+                    "occurred_us_list",
+                    "event_id_list",
+                )
             ),
             strict=True,
         ):
@@ -109,26 +128,30 @@ class CounterRule(ComplianceRule):
                     measured_value=value,
                     threshold=threshold,
                     currency=currency,
-                    evidence_event_ids=batch.event_ids(np.sort(np.asarray(batch_rows))),
+                    evidence_event_ids=[i for _, i in sorted(zip(times, ids, strict=True))][
+                        :EVIDENCE_LIMIT
+                    ],
                     evidence={"count": n_total, "amount_minor_reporting": amount_total},
                 )
             )
         return alerts
 
-    def _work(
-        self, view: BatchView, rows: npt.NDArray[np.intp], tag: npt.NDArray[np.int64]
-    ) -> pa.Table:
-        """(subject_id, period_us, count, amount, row) of the selected `rows` of `view`."""
+    def _work(self, view: BatchView, rows: npt.NDArray[np.intp]) -> pa.Table:
+        """(subject_id, period_us, count, amount, occurred_us, event_id) of the selected
+        `rows` of `view`."""
         if self.uses_amounts:
             amount = np.nan_to_num(view.reporting_minor[rows]).astype(np.int64)
         else:
             amount = np.zeros(len(rows), dtype=np.int64)
+        at = pa.array(rows)
+        occurred = view.occurred_us[rows]
         return pa.table(
             {
-                "subject_id": view.events["customer_id"].take(pa.array(rows)),
-                "period_us": pa.array(floor_to_window(view.occurred_us[rows], self.period_seconds)),
+                "subject_id": view.events["customer_id"].take(at),
+                "period_us": pa.array(floor_to_window(occurred, self.period_seconds)),
                 "count": pa.array(np.ones(len(rows), dtype=np.int64)),
                 "amount": pa.array(amount),
-                "row": pa.array(tag),
+                "occurred_us": pa.array(occurred),
+                "event_id": view.events["event_id"].take(at),
             }
         )
