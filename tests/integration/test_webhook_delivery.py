@@ -366,3 +366,48 @@ def test_a_run_with_a_webhook_delivers_its_alerts_before_it_exits(
     states = query_rows(db, "SELECT delivery_status, delivery_attempts FROM compliance_alerts")
     assert states == [{"delivery_status": "delivered", "delivery_attempts": 1}] * 3
     assert_secrets_hidden(ran.stdout, ran.stderr)
+
+
+def test_retry_makes_failed_and_rejected_alerts_deliverable_again(
+    db: str, engine: sa.Engine
+) -> None:
+    """`alerts retry`: the chosen failed or rejected alerts get a fresh count of attempts
+    and the next pass delivers them; a delivered alert is never reset."""
+    with Receiver(default=400) as receiver:
+        deliverer(receiver.url).deliver_pending(engine, limit=1)  # the oldest: rejected
+    with Receiver(default=503) as receiver:
+        deliverer(receiver.url, attempts_per_pass=1, max_attempts=1).deliver_pending(
+            engine, limit=1
+        )  # the next: failed, attempts used up
+    with Receiver() as receiver:  # the last: delivered (the failed one has no attempts left)
+        deliverer(receiver.url, max_attempts=1).deliver_pending(engine)
+    rejected, failed, delivered = stored(engine)
+    assert [a["delivery_status"] for a in (rejected, failed, delivered)] == [
+        "rejected",
+        "failed",
+        "delivered",
+    ]
+
+    refused = invoke("alerts", "retry", "--db", db)
+    assert refused.exit_code != 0
+    assert "--id N or --status failed|rejected" in refused.output
+    result = invoke("alerts", "retry", "--status", "failed", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert f"1 alert will be delivered again: {failed['id']}" in result.output
+    result = invoke("alerts", "retry", "--id", str(rejected["id"]), "--id", str(delivered["id"]),
+                    "--db", db)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"1 alert will be delivered again: {rejected['id']}" in result.output
+
+    after = {a["id"]: a for a in stored(engine)}
+    for alert in (rejected, failed):
+        assert (after[alert["id"]]["delivery_status"], after[alert["id"]]["delivery_attempts"]) == (
+            None,
+            0,
+        )
+        assert after[alert["id"]]["last_delivery_error"]  # kept until the next attempt
+    assert after[delivered["id"]]["delivery_status"] == "delivered"
+    with Receiver() as receiver:
+        report = deliverer(receiver.url).deliver_pending(engine)
+    assert report.counts()["delivered"] == 2
+    assert len(receiver.requests) == 2

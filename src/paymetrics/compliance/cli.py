@@ -1,4 +1,5 @@
-"""`paymetrics alerts deliver`: POST pending compliance alerts to the webhook.
+"""`paymetrics alerts deliver`: POST pending compliance alerts to the webhook;
+`paymetrics alerts retry`: make failed or rejected ones deliverable again.
 
 Registered in `paymetrics.cli` with `app.add_typer(alerts_app, name="alerts")`. It imports
 `paymetrics.cli` inside the command, so that module can import this one at its top.
@@ -17,7 +18,8 @@ import typer
 __all__ = ["alerts_app"]
 
 alerts_app = typer.Typer(
-    help="Deliver compliance alerts to a webhook (compliance.webhook).", no_args_is_help=True
+    help="Deliver compliance alerts to a webhook (compliance.webhook), or retry them.",
+    no_args_is_help=True,
 )
 
 
@@ -150,3 +152,70 @@ def deliver(
         _emit(rows, Format.table, f"webhook delivery to {delivery.shown_url}")
     if report.failed:
         raise typer.Exit(1)
+
+
+class RetryStatus(StrEnum):
+    failed = "failed"
+    rejected = "rejected"
+
+
+@alerts_app.command("retry")
+def retry(
+    ids: Annotated[
+        list[int] | None,
+        typer.Option("--id", metavar="N", help="this alert (repeatable)", show_default=False),
+    ] = None,
+    statuses: Annotated[
+        list[RetryStatus] | None,
+        typer.Option("--status", help="every alert that ended so (repeatable)", show_default=False),
+    ] = None,
+    rule: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help="only this rule's alerts", show_default=False),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="FILE",
+            help="YAML or TOML configuration file. Default: $PAYMETRICS_CONFIG, else none",
+            show_default=False,
+        ),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            metavar="URL",
+            help="SQLAlchemy database URL (overrides storage.db_url)",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Make alerts whose delivery ended `failed` (attempts used up) or `rejected`
+    deliverable again, after the receiver is fixed: the next `deliver` pass sends them
+    with a fresh count of attempts. Delivered alerts are never sent again by this."""
+    from paymetrics.cli import Fatal, console, fatal_errors, reading_store
+    from paymetrics.compliance.webhook import reset_deliveries
+    from paymetrics.config import load_settings
+
+    with fatal_errors():
+        if not ids and not statuses:
+            raise Fatal("choose the alerts to retry: --id N or --status failed|rejected")
+        flags: dict[tuple[str | int, ...], Any] = {("storage", "db_url"): db} if db else {}
+        settings = load_settings(config_file=config, flags=flags).settings
+        url_for_db = settings.storage.db_url.get_secret_value()
+        with reading_store(url_for_db, revision="0004") as store:
+            reset = reset_deliveries(
+                store.engine,
+                ids=ids or (),
+                statuses=[s.value for s in statuses or ()],
+                rule=rule,
+            )
+    console.print(
+        f"{len(reset)} alert{'s' if len(reset) != 1 else ''} will be delivered again"
+        + (f": {', '.join(str(i) for i in reset)}" if reset else ""),
+        highlight=False,
+        markup=False,
+    )

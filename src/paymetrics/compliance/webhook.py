@@ -34,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, Final, NamedTuple
@@ -64,6 +64,7 @@ __all__ = [
     "delivering_in_background",
     "display_url",
     "parse_retry_after",
+    "reset_deliveries",
     "sign",
     "urllib_post",
 ]
@@ -501,6 +502,34 @@ class WebhookDelivery:
 
 
 # -- in a running pipeline -------------------------------------------------------
+
+
+def reset_deliveries(
+    engine: sa.Engine,
+    *,
+    ids: Sequence[int] = (),
+    statuses: Sequence[str] = (),
+    rule: str | None = None,
+) -> list[int]:
+    """Make alerts that ended `failed` or `rejected` deliverable again (status NULL,
+    attempts 0; the last error is kept until the next attempt), selected by id and/or
+    status and rule; returns their ids. A delivered or waiting alert is never touched."""
+    unknown = sorted(set(statuses) - {FAILED, REJECTED})
+    if unknown:
+        raise ValueError(
+            f"cannot retry alerts with status {', '.join(unknown)}: only failed or rejected"
+        )
+    if not ids and not statuses:
+        raise ValueError("choose the alerts to retry: give ids or statuses")
+    t = compliance_alerts
+    stmt = sa.update(t).where(t.c.delivery_status.in_(list(statuses) or [FAILED, REJECTED]))
+    if ids:
+        stmt = stmt.where(t.c.id.in_(list(ids)))
+    if rule is not None:
+        stmt = stmt.where(t.c.rule == rule)
+    stmt = stmt.values(delivery_status=None, delivery_attempts=0).returning(t.c.id)
+    with engine.begin() as conn:
+        return sorted(conn.execute(stmt).scalars())
 
 
 @contextmanager
