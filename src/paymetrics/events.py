@@ -51,8 +51,10 @@ class PaymentEvent(msgspec.Struct, gc=False, frozen=True):
     currency: str
     status: Status
     payment_method: PaymentMethod
-    decline_code: str | None = None
-    card_network: str | None = None
+    # Bounded: both become keys (metric dimensions, alert subjects), and a key column
+    # cannot hold an unbounded value (PostgreSQL refused a 1,500-character code).
+    decline_code: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    card_network: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     latency_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
     country: str | None = None
     channel: Channel | None = None

@@ -273,3 +273,45 @@ def test_customer_index_is_built_on_demand_and_rebuilt_when_invalid(
         engine.dispose()
     finally:
         store.close()
+
+
+def test_an_overlong_key_value_is_dead_lettered_not_a_stuck_batch(
+    db_url: str, tmp_path: Path, query_rows: Callable[..., list[dict[str, Any]]]
+) -> None:
+    """A 1,500-character decline code or card network, grouped by a metric rule and
+    judged by latency_slo, once failed every retry of its batch on PostgreSQL (a key
+    column is bounded). The contract bounds them: the event is dead-lettered with the
+    field named, and the batch's other events are stored."""
+    base = {
+        "schema_version": "1", "event_type": "authorization", "transaction_id": "t1",
+        "occurred_at": "2026-01-01T00:00:00Z", "merchant_id": "m1", "amount_minor": 100,
+        "currency": "USD", "status": "declined", "payment_method": "card", "latency_ms": 5,
+    }  # fmt: skip
+    lines = [
+        dict(base, event_id="long-code", decline_code="x" * 1500, card_network="visa"),
+        dict(base, event_id="long-network", decline_code="do_not_honor", card_network="y" * 1500),
+        dict(base, event_id="fine", decline_code="insufficient_funds", card_network="visa"),
+    ]
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    settings = Settings.model_validate(
+        {
+            "compliance": {"enabled": True},
+            "metrics": [
+                {"name": "declines_by_code", "filter": "status = 'declined'",
+                 "aggregate": "count", "group_by": ["decline_code", "card_network"],
+                 "window": "5m"},
+            ],
+        }
+    )  # fmt: skip
+    stats = run(db_url, path, settings)
+    assert (stats.normalized, stats.dead_lettered) == (1, 2)
+    reasons = {
+        r["event_id"]: r["message"]
+        for r in query_rows(db_url, "SELECT event_id, message FROM failed_items")
+    }
+    assert set(reasons) == {"long-code", "long-network"}
+    assert "decline_code" in reasons["long-code"]
+    assert "card_network" in reasons["long-network"]
+    dims = query_rows(db_url, "SELECT dimensions FROM dynamic_metrics")
+    assert dims == [{"dimensions": '{"card_network":"visa","decline_code":"insufficient_funds"}'}]

@@ -204,6 +204,10 @@ CASES: Final[list[Case]] = [
     ok("customer_id-null", event(customer_id=None)),
     bad("customer_id-empty", event(customer_id=""), R.INVALID_VALUE),
     bad("customer_id-129", event(customer_id="c" * 129), R.INVALID_VALUE),
+    ok("decline_code-128-unicode", event(status="declined", decline_code="ü" * 128)),
+    bad("decline_code-129", event(status="declined", decline_code="d" * 129), R.INVALID_VALUE),
+    ok("card_network-64", event(card_network="n" * 64)),
+    bad("card_network-65", event(card_network="n" * 65), R.INVALID_VALUE),
     # enums
     *(ok(f"event_type-{v}", event(event_type=v)) for v in EVENT_TYPES),
     bad("event_type-capitalized", event(event_type="Authorization"), R.INVALID_VALUE),
