@@ -23,6 +23,27 @@ alerts_app = typer.Typer(
 )
 
 
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="YAML or TOML configuration file. Default: $PAYMETRICS_CONFIG, else none",
+        show_default=False,
+    ),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        metavar="URL",
+        help="SQLAlchemy database URL (overrides storage.db_url)",
+        show_default=False,
+    ),
+]
+
+
 class DeliverFormat(StrEnum):
     """`paymetrics.cli.Format`'s table and json (that enum cannot be imported here: a cycle)."""
 
@@ -64,25 +85,8 @@ def deliver(
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="most alerts in this pass")] = 1000,
     fmt: Annotated[DeliverFormat, typer.Option("--format")] = DeliverFormat.table,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            metavar="FILE",
-            help="YAML or TOML configuration file. Default: $PAYMETRICS_CONFIG, else none",
-            show_default=False,
-        ),
-    ] = None,
-    db: Annotated[
-        str | None,
-        typer.Option(
-            "--db",
-            metavar="URL",
-            help="SQLAlchemy database URL (overrides storage.db_url)",
-            show_default=False,
-        ),
-    ] = None,
+    config: ConfigFile = None,
+    db: DatabaseUrl = None,
 ) -> None:
     """POST alerts not yet delivered (never tried, or failed with attempts left), oldest
     first, and record each outcome on the alert; exit code 1 if any ended `failed`."""
@@ -173,25 +177,8 @@ def retry(
         str | None,
         typer.Option(metavar="NAME", help="only this rule's alerts", show_default=False),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            metavar="FILE",
-            help="YAML or TOML configuration file. Default: $PAYMETRICS_CONFIG, else none",
-            show_default=False,
-        ),
-    ] = None,
-    db: Annotated[
-        str | None,
-        typer.Option(
-            "--db",
-            metavar="URL",
-            help="SQLAlchemy database URL (overrides storage.db_url)",
-            show_default=False,
-        ),
-    ] = None,
+    config: ConfigFile = None,
+    db: DatabaseUrl = None,
 ) -> None:
     """Make alerts whose delivery ended `failed` (attempts used up) or `rejected`
     deliverable again, after the receiver is fixed: the next `deliver` pass sends them
