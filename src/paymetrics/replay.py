@@ -313,13 +313,11 @@ class _ReplaySink:
         if self.history is None:
             return HISTORY_SCHEMA.empty_table()
         at = pc.cast(self.history["occurred_at"], pa.int64())
-        self.history = self.history.filter(pc.greater_equal(at, start_us))
-        at = pc.cast(self.history["occurred_at"], pa.int64())
-        wanted = pc.and_(
-            pc.and_(pc.greater_equal(at, start_us), pc.less(at, end_us)),
-            pc.is_in(self.history["customer_id"], value_set=customers),
+        self.history = kept = self.history.filter(pc.greater_equal(at, start_us))
+        at = pc.cast(kept["occurred_at"], pa.int64())
+        return kept.filter(
+            pc.and_(pc.less(at, end_us), pc.is_in(kept["customer_id"], value_set=customers))
         )
-        return self.history.filter(wanted)
 
     def remember(self, events: pa.Table) -> None:
         """Keep the replayed authorizations with a customer for the later days' reads."""

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from paymetrics.compliance.base import (
-    HISTORY_SCHEMA,
     Alert,
     BatchView,
     ComplianceRule,
@@ -106,9 +105,14 @@ class Compliance:
         return cls(rules, rates) if rules else None
 
     @property
+    def customer_periods_seconds(self) -> list[int]:
+        """The period of each enabled per-customer rule."""
+        return [r.period_seconds for r in self.rules if isinstance(r, CounterRule)]
+
+    @property
     def reads_customer_history(self) -> bool:
         """Whether a per-customer rule is on: it reads the customer index."""
-        return any(isinstance(r, CounterRule) for r in self.rules)
+        return bool(self.customer_periods_seconds)
 
     def evaluate(
         self,
@@ -154,7 +158,7 @@ class Compliance:
         batch's customers, from the start of the earliest period any of its
         authorizations falls in (under any rule's period length) to the end of the
         latest."""
-        periods = [r.period_seconds for r in self.rules if isinstance(r, CounterRule)]
+        periods = self.customer_periods_seconds
         rows = batch.authorization & batch.has_customer
         if not periods or not rows.any():
             return None
@@ -166,9 +170,8 @@ class Compliance:
         customers = pc.unique(batch.events["customer_id"].filter(pa.array(rows)))
         if isinstance(customers, pa.ChunkedArray):
             customers = customers.combine_chunks()
-        earlier = store.earlier_authorizations(customers, start, end)
         return BatchView(
-            earlier.cast(HISTORY_SCHEMA),
+            store.earlier_authorizations(customers, start, end),
             self.fx,
             source_id=batch.source_id,
             partition=batch.partition,

@@ -35,6 +35,9 @@ from paymetrics.metrics.windows import floor_to_window
 
 __all__ = ["CounterRule"]
 
+KEY = ["subject_id", "period_us"]
+"""A total's key: the customer and the start of the period (µs)."""
+
 
 class CounterRule(ComplianceRule):
     subject_type: ClassVar[str] = "customer"
@@ -68,13 +71,11 @@ class CounterRule(ComplianceRule):
         if history is not None and history.events.num_rows:
             earlier = np.flatnonzero(self.selected(history) & history.has_customer)
             if len(earlier):
-                keys = work.select(["subject_id", "period_us"])
-                before = self._work(history, earlier)
-                before = before.join(
-                    keys, keys.column_names, join_type="left semi", use_threads=False
+                before = self._work(history, earlier).join(
+                    work.select(KEY), KEY, join_type="left semi", use_threads=False
                 )
                 combined = pa.concat_tables([work, before.select(work.column_names)])
-        totals = combined.group_by(["subject_id", "period_us"], use_threads=False).aggregate(
+        totals = combined.group_by(KEY, use_threads=False).aggregate(
             [("count", "sum"), ("amount", "sum")]
         )
         count = np.asarray(totals["count_sum"], dtype=np.int64)
@@ -92,15 +93,12 @@ class CounterRule(ComplianceRule):
         )
         # The evidence is every event that makes up the total, earlier batches' included,
         # oldest first (up to EVIDENCE_LIMIT): what an investigator reads first.
-        keys = ["subject_id", "period_us"]
         evidence = (
-            combined.join(crossed, keys, join_type="inner", use_threads=False)
-            .group_by(["subject_id", "period_us", "total_count", "total_amount"], use_threads=False)
+            combined.join(crossed, KEY, join_type="inner", use_threads=False)
+            .group_by([*KEY, "total_count", "total_amount"], use_threads=False)
             .aggregate([("occurred_us", "list"), ("event_id", "list")])
         )
-        evidence = evidence.take(
-            pc.sort_indices(evidence, [("subject_id", "ascending"), ("period_us", "ascending")])
-        )
+        evidence = evidence.take(pc.sort_indices(evidence, [(k, "ascending") for k in KEY]))
         alerts = []
         for subject, period_us, n_total, amount_total, times, ids in zip(
             *(

@@ -61,7 +61,13 @@ from paymetrics.storage.postgres_binary import (
     copy_rows,
     register_dumpers,
 )
-from paymetrics.storage.sql import QUANTILES, SqlStore, SqlTransaction
+from paymetrics.storage.sql import (
+    HISTORY_COLUMNS,
+    QUANTILES,
+    SqlStore,
+    SqlTransaction,
+    history_table,
+)
 from paymetrics.storage.tables import (
     CUSTOMER_INDEX,
     CUSTOMER_INDEX_DEFINITION_POSTGRES,
@@ -194,7 +200,7 @@ _UPSERT_DYNAMIC = (
 _EARLIER_AUTHORIZATIONS = (
     # `customer_id IS NOT NULL` and the literal match ix_normalized_transactions_customer's
     # WHERE; the (hash) index is probed once per customer of the array.
-    "SELECT event_id, customer_id, occurred_at, event_type, status, amount_minor, currency "
+    f"SELECT {', '.join(HISTORY_COLUMNS)} "
     "FROM normalized_transactions WHERE customer_id = ANY(%b) AND customer_id IS NOT NULL "
     "AND event_type = 'authorization' AND occurred_at >= %s AND occurred_at < %s "
     "AND batch_id <> %s"
@@ -440,14 +446,12 @@ class PostgresTransaction(SqlTransaction):
             }
         )
 
-    # -- compliance counters -------------------------------------------------------
+    # -- compliance: earlier authorizations of the batch's customers ---------------
 
     def earlier_authorizations(self, customers: pa.Array, start_us: int, end_us: int) -> pa.Table:
         """One indexed read with the customers as a binary array parameter."""
-        from paymetrics.compliance.base import HISTORY_SCHEMA
-
         if not len(customers):
-            return HISTORY_SCHEMA.empty_table()
+            return history_table([])
         params = [
             array_param(customers, TEXT),
             from_epoch_us(start_us),
@@ -456,12 +460,7 @@ class PostgresTransaction(SqlTransaction):
         ]
         with _transient_errors("reading earlier authorizations"), self._driver().cursor() as cursor:
             _query(cursor, _EARLIER_AUTHORIZATIONS, params)
-            found = cursor.fetchall()
-        columns = list(zip(*found, strict=True)) if found else [()] * len(HISTORY_SCHEMA)
-        return pa.table(
-            [pa.array(v, f.type) for v, f in zip(columns, HISTORY_SCHEMA, strict=True)],
-            schema=HISTORY_SCHEMA,
-        )
+            return history_table(cursor.fetchall())
 
     def add_sketch_buckets(self, histogram: str, buckets: pa.Table) -> None:
         n = buckets.num_rows

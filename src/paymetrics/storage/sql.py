@@ -54,7 +54,7 @@ from paymetrics.storage.tables import (
 if TYPE_CHECKING:
     from paymetrics.compliance import Alert, Compliance
 
-__all__ = ["SqlStore", "SqlTransaction"]
+__all__ = ["HISTORY_COLUMNS", "SqlStore", "SqlTransaction", "history_table"]
 
 Clock = Callable[[], dt.datetime]
 QUANTILES = (0.5, 0.95, 0.99)
@@ -62,6 +62,35 @@ QUANTILES = (0.5, 0.95, 0.99)
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+HISTORY_COLUMNS = (
+    "event_id",
+    "customer_id",
+    "occurred_at",
+    "event_type",
+    "status",
+    "amount_minor",
+    "currency",
+)
+"""What `earlier_authorizations` selects, in `HISTORY_SCHEMA` order."""
+
+
+def history_table(rows: Sequence[Sequence[Any]], *, text_times: bool = False) -> pa.Table:
+    """Driver rows of an `earlier_authorizations` read (HISTORY_COLUMNS) as a
+    `HISTORY_SCHEMA` table; with `text_times`, `occurred_at` is SQLite's UTC text."""
+    # Imported here: the compliance package loads the configuration model.
+    from paymetrics.compliance.base import HISTORY_SCHEMA
+
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(HISTORY_SCHEMA)
+    arrays = []
+    for values, field in zip(columns, HISTORY_SCHEMA, strict=True):
+        if text_times and pa.types.is_timestamp(field.type):
+            text = pa.array(values, pa.string())
+            arrays.append(text.cast(pa.timestamp("us")).cast(field.type))
+        else:
+            arrays.append(pa.array(values, field.type))
+    return pa.Table.from_arrays(arrays, schema=HISTORY_SCHEMA)
 
 
 def _insert(conn: sa.Connection, table: sa.Table) -> Any:
@@ -228,13 +257,11 @@ class SqlTransaction(Transaction, abc.ABC):
         )
 
     def earlier_authorizations(self, customers: pa.Array, start_us: int, end_us: int) -> pa.Table:
-        from paymetrics.compliance.base import HISTORY_SCHEMA
-
         t = normalized_transactions
         ids = customers.to_pylist()
         found: list[Any] = []
         for at in range(0, len(ids), 1000):  # bound the IN list
-            stmt = sa.select(*(t.c[f.name] for f in HISTORY_SCHEMA)).where(
+            stmt = sa.select(*(t.c[name] for name in HISTORY_COLUMNS)).where(
                 t.c.customer_id.in_(ids[at : at + 1000]),
                 t.c.event_type == "authorization",
                 t.c.occurred_at >= from_epoch_us(start_us),
@@ -242,11 +269,7 @@ class SqlTransaction(Transaction, abc.ABC):
                 t.c.batch_id != (self.batch_id or -1),
             )
             found.extend(self.conn.execute(stmt).all())
-        columns = list(zip(*found, strict=True)) if found else [()] * len(HISTORY_SCHEMA)
-        return pa.table(
-            [pa.array(v, f.type) for v, f in zip(columns, HISTORY_SCHEMA, strict=True)],
-            schema=HISTORY_SCHEMA,
-        )
+        return history_table(found)
 
     def add_histogram_buckets(self, buckets: pa.Table) -> None:
         """Config-defined histograms: counts add (rows in key order: one lock order)."""

@@ -26,7 +26,7 @@ from paymetrics.metrics.payment_5m import COUNT_COLUMNS, KEY_COLUMNS, LATENCY_HI
 from paymetrics.metrics.windows import from_epoch_us
 from paymetrics.normalize import WINDOW_SECONDS
 from paymetrics.storage.base import StoreUnavailable
-from paymetrics.storage.sql import SqlStore, SqlTransaction
+from paymetrics.storage.sql import HISTORY_COLUMNS, SqlStore, SqlTransaction, history_table
 from paymetrics.storage.tables import SQLITE_DATETIME_FORMAT, normalized_transactions
 
 __all__ = ["SQLiteStore", "sqlite_engine"]
@@ -73,8 +73,7 @@ _EARLIER_AUTHORIZATIONS = (
     # The customers come as one JSON array (no temporary table to fill), first in the
     # join (CROSS JOIN fixes the order): one probe of the partial index per customer,
     # not a scan of the index. The literal matches the index's WHERE.
-    "SELECT t.event_id, t.customer_id, t.occurred_at, t.event_type, t.status, "
-    "t.amount_minor, t.currency FROM json_each(?) AS c "
+    f"SELECT {', '.join(f't.{c}' for c in HISTORY_COLUMNS)} FROM json_each(?) AS c "
     "CROSS JOIN normalized_transactions AS t "
     "ON t.customer_id = c.value AND t.event_type = 'authorization' "
     "AND t.occurred_at >= ? AND t.occurred_at < ? WHERE t.batch_id <> ?"
@@ -285,10 +284,8 @@ class SQLiteTransaction(SqlTransaction):
 
     def earlier_authorizations(self, customers: pa.Array, start_us: int, end_us: int) -> pa.Table:
         """One read; it probes `ix_normalized_transactions_customer` once per customer."""
-        from paymetrics.compliance.base import HISTORY_SCHEMA
-
         if not len(customers):
-            return HISTORY_SCHEMA.empty_table()
+            return history_table([])
         found = self._driver_rows(
             _EARLIER_AUTHORIZATIONS,
             (
@@ -298,13 +295,7 @@ class SQLiteTransaction(SqlTransaction):
                 self.batch_id or -1,
             ),
         )
-        columns = list(zip(*found, strict=True)) if found else [()] * len(HISTORY_SCHEMA)
-        arrays = [
-            pa.array(values, pa.string() if f.name == "occurred_at" else f.type)
-            for values, f in zip(columns, HISTORY_SCHEMA, strict=True)
-        ]
-        arrays[2] = arrays[2].cast(pa.timestamp("us")).cast(pa.timestamp("us", "UTC"))
-        return pa.Table.from_arrays(arrays, schema=HISTORY_SCHEMA)
+        return history_table(found, text_times=True)
 
     def add_sketch_buckets(self, histogram: str, buckets: pa.Table) -> None:
         n = buckets.num_rows

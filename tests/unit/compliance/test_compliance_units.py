@@ -141,3 +141,15 @@ def test_a_threshold_in_a_currency_without_a_rate_is_refused() -> None:
     compliance = Compliance.from_settings(settings, rates)
     assert compliance is not None
     assert compliance.rules[0].threshold == 990_000  # type: ignore[attr-defined]
+
+
+def test_the_stores_select_the_history_columns_in_schema_order() -> None:
+    """`history_table` pairs the selected columns with HISTORY_SCHEMA by position."""
+    from paymetrics.compliance.base import HISTORY_SCHEMA
+    from paymetrics.storage.sql import HISTORY_COLUMNS, history_table
+
+    assert tuple(HISTORY_SCHEMA.names) == HISTORY_COLUMNS
+    row = ("e1", "c1", "2026-01-01 00:00:00.000001", "authorization", "approved", 5, "USD")
+    table = history_table([row], text_times=True)
+    assert table.schema == HISTORY_SCHEMA
+    assert table["occurred_at"][0].value == 1_767_225_600_000_001
